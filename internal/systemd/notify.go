@@ -1,0 +1,113 @@
+package systemd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+)
+
+// Notify sends one sd_notify state string ("READY=1", "STATUS=...") to the service
+// manager. It is a no-op, returning nil, when NOTIFY_SOCKET is not set (not
+// started by systemd, or by a unit that is not Type=notify / NotifyAccess=).
+func Notify(state string) error {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		return fmt.Errorf("sd_notify %q: %w", firstLine(state), err)
+	}
+	return nil
+}
+
+// Ready tells systemd that startup is complete, with a status line.
+func Ready(status string) error { return Notify(daemon.SdNotifyReady + "\nSTATUS=" + oneLine(status)) }
+
+// Status sets the free-form status shown by `systemctl status`.
+func Status(status string) error { return Notify("STATUS=" + oneLine(status)) }
+
+// Stopping tells systemd that shutdown has begun, with a status line.
+func Stopping(status string) error {
+	return Notify(daemon.SdNotifyStopping + "\nSTATUS=" + oneLine(status))
+}
+
+// WatchdogInterval is how often the watchdog must be pinged: half of the
+// WatchdogSec= systemd asked for, or 0 when no watchdog is enabled for this
+// process.
+func WatchdogInterval() time.Duration {
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || d <= 0 {
+		return 0
+	}
+	return d / 2
+}
+
+// RunWatchdog pings systemd's watchdog every WatchdogInterval for as long as
+// healthy returns nil, and stops pinging (without returning) while it does not,
+// so that a wedged supervisor gets killed and restarted by systemd. It returns
+// when ctx is done, at once when no watchdog is enabled.
+func RunWatchdog(ctx context.Context, healthy func() error, log *slog.Logger) {
+	every := WatchdogInterval()
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	wasHealthy := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := healthy()
+		switch {
+		case err == nil:
+			if nerr := Notify(daemon.SdNotifyWatchdog); nerr != nil && log != nil {
+				log.Warn("watchdog ping", "err", nerr)
+			}
+			if !wasHealthy && log != nil {
+				log.Info("healthy again: watchdog pings resumed")
+			}
+		case wasHealthy && log != nil:
+			log.Warn("unhealthy: watchdog pings withheld", "err", err)
+		}
+		wasHealthy = err == nil
+	}
+}
+
+// managerEnv are the variables systemd sets for the service's own process that a
+// child (the proxy) must not inherit: it would otherwise be able to report
+// readiness, ping the watchdog, or claim the service's journal stream and socket
+// activation fds.
+var managerEnv = []string{
+	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+	"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "MAINPID",
+}
+
+// ChildEnv returns env (as from os.Environ) without the variables that belong to
+// the service's main process alone.
+func ChildEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		drop := false
+		for _, m := range managerEnv {
+			if k == m {
+				drop = true
+				break
+			}
+		}
+		if !drop {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

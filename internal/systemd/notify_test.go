@@ -1,0 +1,168 @@
+package systemd
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// notifySocket listens on a fresh NOTIFY_SOCKET and returns its datagrams.
+func notifySocket(t *testing.T) <-chan string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	ch := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(ch)
+				return
+			}
+			ch <- string(buf[:n])
+		}
+	}()
+	return ch
+}
+
+func recv(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case s := <-ch:
+		return s
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification within 5s")
+	}
+	return ""
+}
+
+func TestNotifyWithoutSocketIsNoop(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := Ready("up"); err != nil {
+		t.Fatalf("Ready without NOTIFY_SOCKET: %v", err)
+	}
+}
+
+func TestNotifyStates(t *testing.T) {
+	ch := notifySocket(t)
+	steps := []struct {
+		send func() error
+		want string
+	}{
+		{func() error { return Status("waiting for\nagent") }, "STATUS=waiting for agent"},
+		{func() error { return Ready("proxy ready") }, "READY=1\nSTATUS=proxy ready"},
+		{func() error { return Stopping("deregistering") }, "STOPPING=1\nSTATUS=deregistering"},
+	}
+	for _, s := range steps {
+		if err := s.send(); err != nil {
+			t.Fatal(err)
+		}
+		if got := recv(t, ch); got != s.want {
+			t.Errorf("got %q, want %q", got, s.want)
+		}
+	}
+}
+
+func TestNotifyBrokenSocket(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(t.TempDir(), "nobody-listens"))
+	if err := Status("x"); err == nil {
+		t.Fatal("want an error for a socket nobody listens on")
+	}
+}
+
+func TestWatchdogInterval(t *testing.T) {
+	pid := strconv.Itoa(os.Getpid())
+	tests := []struct {
+		name, usec, pid string
+		want            time.Duration
+	}{
+		{"unset", "", "", 0},
+		{"ours", "2000000", pid, time.Second},
+		{"no pid given", "600000", "", 300 * time.Millisecond},
+		{"another process's", "2000000", "1", 0},
+		{"garbage", "soon", pid, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("WATCHDOG_USEC", tc.usec)
+			t.Setenv("WATCHDOG_PID", tc.pid)
+			if got := WatchdogInterval(); got != tc.want {
+				t.Errorf("WatchdogInterval = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRunWatchdogPingsOnlyWhileHealthy(t *testing.T) {
+	ch := notifySocket(t)
+	t.Setenv("WATCHDOG_USEC", "100000") // ping every 50ms
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	var sick atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		RunWatchdog(ctx, func() error {
+			if sick.Load() {
+				return errors.New("proxy loop stuck")
+			}
+			return nil
+		}, nil)
+		close(done)
+	}()
+	if got := recv(t, ch); got != "WATCHDOG=1" {
+		t.Fatalf("got %q, want WATCHDOG=1", got)
+	}
+	sick.Store(true)
+	time.Sleep(60 * time.Millisecond) // let a tick that saw "healthy" finish
+	for len(ch) > 0 {
+		<-ch
+	}
+	select {
+	case s := <-ch:
+		t.Fatalf("pinged while unhealthy: %q", s)
+	case <-time.After(300 * time.Millisecond):
+	}
+	sick.Store(false)
+	if got := recv(t, ch); got != "WATCHDOG=1" {
+		t.Fatalf("got %q after recovery, want WATCHDOG=1", got)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunWatchdog did not return after cancel")
+	}
+}
+
+func TestRunWatchdogDisabledReturns(t *testing.T) {
+	t.Setenv("WATCHDOG_USEC", "")
+	done := make(chan struct{})
+	go func() { RunWatchdog(context.Background(), func() error { return nil }, nil); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunWatchdog without a watchdog did not return")
+	}
+}
+
+func TestChildEnv(t *testing.T) {
+	in := []string{"PATH=/usr/bin", "NOTIFY_SOCKET=/run/x", "WATCHDOG_USEC=1", "WATCHDOG_PID=2",
+		"JOURNAL_STREAM=8:9", "LISTEN_FDS=1", "NOTIFY_SOCKETS=keep", "CONSUL_HTTP_ADDR=127.0.0.1:8500"}
+	want := []string{"PATH=/usr/bin", "NOTIFY_SOCKETS=keep", "CONSUL_HTTP_ADDR=127.0.0.1:8500"}
+	if got := ChildEnv(in); !slices.Equal(got, want) {
+		t.Errorf("ChildEnv = %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,202 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/ports"
+	"github.com/meshx/meshx/internal/register"
+	"github.com/meshx/meshx/internal/systemd"
+)
+
+// RunOptions configure the boot job.
+type RunOptions struct {
+	Force bool // take over services registered by someone else
+	// Systemd: "auto" (use systemd when it runs the host), "yes" or "no".
+	Systemd string
+	// Foreground: supervise one meshx-proxy child per service until ctx ends.
+	Foreground bool
+	// ProxyBinary is the meshx-proxy to run in the foreground; "" = next to
+	// this executable, else on PATH.
+	ProxyBinary string
+	// ProxyArgs are global flags to pass to each meshx-proxy child.
+	ProxyArgs []string
+}
+
+// ErrBroken: some service-configs were broken; the valid ones were brought up.
+var ErrBroken = errors.New("some service-configs are invalid")
+
+// Run is `meshx-init run`.
+func Run(ctx context.Context, env Env, o RunOptions) error {
+	l, err := Load(env, false)
+	if err != nil {
+		return err
+	}
+	ReportBroken(l.Set, env.Log, os.Stderr)
+	cl, err := register.NewClient(l.Global.Consul)
+	if err != nil {
+		return err
+	}
+	addr := register.Address(l.Global.Consul)
+	if err := register.WaitAgent(ctx, cl, addr, l.Global.Consul.Wait, env.Log); err != nil {
+		return err
+	}
+	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
+	var up []*plan.Plan
+	var failed []error
+	for _, pl := range l.Plans {
+		res, err := r.Ensure(ctx, pl, "", o.Force)
+		if err != nil {
+			env.Log.Error("register", "service_id", pl.ID, "err", err)
+			failed = append(failed, err)
+			continue
+		}
+		changed, err := env.Dirs.SavePlan(pl)
+		if err != nil {
+			return fmt.Errorf("save plan of %s: %w", pl.Name, err)
+		}
+		if changed {
+			signalReload(env, pl.Name)
+		}
+		fmt.Fprintf(env.Stdout, "%s\t%s\tport %d\t%s\n", pl.Name, pl.ID, pl.Port, res)
+		up = append(up, pl)
+	}
+	if err := gc(ctx, env, l, r); err != nil {
+		failed = append(failed, err)
+	}
+	useSystemd := o.Systemd == "yes" || (o.Systemd == "auto" && systemd.Available() && !o.Foreground)
+	if useSystemd {
+		if err := reconcileUnits(ctx, env, keepBroken(env, l, up)); err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if o.Foreground {
+		if err := foreground(ctx, env, up, o); err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(l.Set.Broken) > 0 {
+		failed = append(failed, fmt.Errorf("%w: %d file(s)", ErrBroken, len(l.Set.Broken)))
+	}
+	return errors.Join(failed...)
+}
+
+// gc deregisters services meshx owns here whose service-config is gone, and
+// forgets their plans and ports. A service whose file still exists but is
+// broken now is left alone: its last good registration keeps serving.
+func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
+	valid := map[string]bool{}
+	for _, pl := range l.Plans {
+		valid[pl.Name] = true
+	}
+	fileGone := func(file string) bool {
+		_, err := os.Stat(file)
+		return errors.Is(err, os.ErrNotExist)
+	}
+	names, err := env.Dirs.PlanNames()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	owned, err := r.OwnedServices(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if valid[name] {
+			continue
+		}
+		pl, err := env.Dirs.LoadPlan(name)
+		if err != nil || !fileGone(pl.File) {
+			continue
+		}
+		errs = append(errs, forget(ctx, env, l, r, pl))
+		delete(owned, pl.ID)
+	}
+	// Owned registrations without any plan (state dir wiped): gone too.
+	for id, s := range owned {
+		name := s.Meta[plan.MetaName]
+		if valid[name] {
+			continue
+		}
+		if _, err := env.Dirs.LoadPlan(name); err == nil {
+			continue // a broken file's last good plan
+		}
+		env.Log.Info("deregistering an owned service with no config", "service_id", id)
+		errs = append(errs, r.Deregister(ctx, id, id+"-sidecar-proxy"))
+	}
+	return errors.Join(errs...)
+}
+
+// forget removes everything of a service whose config is gone.
+func forget(ctx context.Context, env Env, l *Loaded, r *register.Registrar, pl *plan.Plan) error {
+	env.Log.Info("service-config gone; removing the service", "service_id", pl.ID, "file", pl.File)
+	// Under systemd its unit is stopped and disabled by reconcileUnits; a
+	// foreground or hand-started meshx-proxy is asked to stop here.
+	stopProxy(env, pl.Name)
+	if err := r.Deregister(ctx, pl.ID, pl.SidecarID); err != nil {
+		return err
+	}
+	keys := []string{plan.ServicePortKey(pl.ID), plan.AdminPortKey(pl.ID)}
+	for _, u := range pl.Upstreams {
+		keys = append(keys, plan.UpstreamPortKey(pl.ID, u.Key))
+	}
+	if err := ports.Release(ports.Options{StateDir: env.Dirs.State, Range: l.Global.Ports}, keys); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s\t%s\t-\tderegistered (config gone)\n", pl.Name, pl.ID)
+	return env.Dirs.RemovePlan(pl.Name)
+}
+
+// keepBroken adds to up the last good plans of services whose file is broken
+// now, so their running units are left alone.
+func keepBroken(env Env, l *Loaded, up []*plan.Plan) []*plan.Plan {
+	names, _ := env.Dirs.PlanNames()
+	have := map[string]bool{}
+	for _, pl := range up {
+		have[pl.Name] = true
+	}
+	out := append([]*plan.Plan{}, up...)
+	for _, n := range names {
+		if have[n] {
+			continue
+		}
+		if pl, err := env.Dirs.LoadPlan(n); err == nil {
+			if _, broken := l.Set.Broken[pl.File]; broken {
+				out = append(out, pl)
+			}
+		}
+	}
+	return out
+}
+
+func reconcileUnits(ctx context.Context, env Env, up []*plan.Plan) error {
+	want := make([]systemd.Instance, 0, len(up))
+	for _, pl := range up {
+		want = append(want, systemd.Instance{Service: pl.Name, TransparentProxy: pl.Transparent != nil})
+	}
+	sort.Slice(want, func(i, j int) bool { return want[i].Service < want[j].Service })
+	acts, err := systemd.Reconcile(ctx, want, env.Log)
+	for _, a := range acts {
+		line := fmt.Sprintf("%s\t%s\t%s", a.Service, a.Unit, a.Did)
+		if a.Err != nil {
+			line += "\terror: " + a.Err.Error()
+		}
+		fmt.Fprintln(env.Stdout, line)
+	}
+	if err != nil {
+		return fmt.Errorf("systemd: %w", err)
+	}
+	return nil
+}
+
+// CheckStatus returns each owned check's status by check id.
+func CheckStatus(ctx context.Context, cl *api.Client) (map[string]*api.AgentCheck, error) {
+	return cl.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+}

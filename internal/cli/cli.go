@@ -1,0 +1,102 @@
+// Package cli holds meshx's two command lines. Each entry point takes its
+// arguments and output streams and returns an exit code, so tests call them
+// directly; the mains only wire signals and os.Exit.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshx/meshx/internal/boot"
+	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/sidecar"
+	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/systemd"
+)
+
+// Exit codes, the same for both commands.
+const (
+	ExitOK      = 0 // done
+	ExitFailure = 1 // runtime failure (agent unreachable, registration refused, ...)
+	ExitInvalid = 2 // bad input: usage, configuration (nothing was changed)
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	dirs     state.Dirs
+	logLevel string
+}
+
+func (g *globals) bind(c *cobra.Command) {
+	f := c.PersistentFlags()
+	f.StringVar(&g.dirs.Config, "config-dir", "/etc/meshx", "directory holding meshx.yaml and services.d/")
+	f.StringVar(&g.dirs.State, "state-dir", "/var/lib/meshx", "persistent state: rendered plans, allocated ports")
+	f.StringVar(&g.dirs.Runtime, "runtime-dir", "/run/meshx", "runtime state: live meshx-proxy status")
+	f.StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	return slog.New(systemd.LogHandler(w, lv)), nil
+}
+
+// usageError marks errors in how the command was called (exit 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// exitCode maps an error to the documented exit codes.
+func exitCode(err error) int {
+	var ue usageError
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return ExitOK
+	case errors.As(err, &ue), errors.Is(err, config.ErrInvalid), errors.Is(err, sidecar.ErrConfig),
+		errors.Is(err, boot.ErrUnknownService):
+		return ExitInvalid
+	case errors.Is(err, boot.ErrBroken):
+		return ExitInvalid
+	}
+	return ExitFailure
+}
+
+// execute runs a cobra root with args and streams, and prints a failure once.
+func execute(ctx context.Context, root *cobra.Command, args []string, stdout, stderr io.Writer) int {
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SilenceUsage = true
+	root.SilenceErrors = true
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	err := root.ExecuteContext(ctx)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "%s: %v\n", root.Name(), err)
+	}
+	return exitCode(err)
+}
+
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s: expected %s", c.CommandPath(), what)}
+		}
+		return nil
+	}
+}
+
+func minArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) < n {
+			return usageError{fmt.Errorf("%s: expected %s", c.CommandPath(), what)}
+		}
+		return nil
+	}
+}

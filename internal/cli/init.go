@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshx/meshx/internal/boot"
+)
+
+// InitMain is meshx-init.
+func InitMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var g globals
+	root := &cobra.Command{
+		Use:   "meshx-init",
+		Short: "Bring this host's services into the Consul service mesh",
+		Long: `meshx-init reads every service-config in <config-dir>/services.d, validates all
+of them before touching anything, allocates local ports (kept across reboots),
+registers each service with its Connect sidecar and TTL check with the local
+Consul agent, and starts one meshx-proxy per service.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
+	}
+	g.bind(root)
+	env := func(c *cobra.Command) (boot.Env, error) {
+		log, err := g.logger(stderr)
+		return boot.Env{Dirs: g.dirs, Log: log, Stdout: c.OutOrStdout()}, err
+	}
+	root.AddCommand(validateCmd(env), renderCmd(env), runCmd(env, &g), statusCmd(env),
+		stopCmd(env), connectCmd(env), disconnectCmd(env))
+	return execute(ctx, root, args, stdout, stderr)
+}
+
+type envFunc func(*cobra.Command) (boot.Env, error)
+
+func validateCmd(env envFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate",
+		Short: "Check meshx.yaml and every service-config; change nothing",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			l, err := boot.Load(e, true)
+			if err != nil {
+				return err
+			}
+			for _, pl := range l.Plans {
+				fmt.Fprintf(e.Stdout, "ok\t%s\t%s\t%s\n", pl.File, pl.Name, pl.ID)
+			}
+			if len(l.Set.Broken) > 0 {
+				return l.Set.Err()
+			}
+			return nil
+		},
+	}
+}
+
+func renderCmd(env envFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "render [service...]",
+		Short: "Print each service's final registration JSON and proxy argv; change nothing",
+		RunE: func(c *cobra.Command, args []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			l, err := boot.Load(e, true)
+			if err != nil {
+				return err
+			}
+			want := map[string]bool{}
+			for _, a := range args {
+				want[a] = true
+			}
+			var out []any
+			for _, pl := range l.Plans {
+				if len(args) == 0 || want[pl.Name] {
+					out = append(out, map[string]any{"service": pl.Name, "file": pl.File,
+						"registration": pl.Registration, "proxy_argv": pl.Proxy.Argv, "upstreams": pl.Upstreams})
+				}
+			}
+			enc := json.NewEncoder(e.Stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(out); err != nil {
+				return err
+			}
+			if len(l.Set.Broken) > 0 {
+				return l.Set.Err()
+			}
+			return nil
+		},
+	}
+}
+
+func runCmd(env envFunc, g *globals) *cobra.Command {
+	var o boot.RunOptions
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "The boot job: register every service and start its meshx-proxy",
+		Long: `run validates everything, registers each valid service with the local agent
+(retrying while the agent is unreachable), deregisters services whose config is
+gone, and starts meshx-proxy@<service>.service units over D-Bus. A broken
+service-config blocks only its own service; run then exits 2 after bringing up
+the others. With --foreground it instead supervises one meshx-proxy child per
+service and stays up until SIGINT or SIGTERM (hosts without systemd).`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			switch o.Systemd {
+			case "auto", "yes", "no":
+			default:
+				return usageError{fmt.Errorf("--systemd must be auto, yes or no, not %q", o.Systemd)}
+			}
+			o.ProxyArgs = []string{"--config-dir", g.dirs.Config, "--state-dir", g.dirs.State,
+				"--runtime-dir", g.dirs.Runtime, "--log-level", g.logLevel}
+			return boot.Run(c.Context(), e, o)
+		},
+	}
+	c.Flags().BoolVar(&o.Force, "force", false, "take over services with the same id registered by someone else")
+	c.Flags().StringVar(&o.Systemd, "systemd", "auto", "start meshx-proxy@ units: auto, yes or no")
+	c.Flags().BoolVar(&o.Foreground, "foreground", false, "supervise meshx-proxy children until SIGINT/SIGTERM")
+	c.Flags().StringVar(&o.ProxyBinary, "proxy-binary", "", "meshx-proxy binary for --foreground (default: next to meshx-init, else PATH)")
+	return c
+}
+
+func statusCmd(env envFunc) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "One row per owned service: id, ports, check, meshx-proxy and proxy pids, restarts",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			return boot.Status(c.Context(), e, asJSON)
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func stopCmd(env envFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop <service>",
+		Short: "Stop a service's meshx-proxy and deregister it (ports stay allocated)",
+		Args:  exactArgs(1, "one service name"),
+		RunE: func(c *cobra.Command, args []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			return boot.Stop(c.Context(), e, args[0])
+		},
+	}
+}
+
+func connectCmd(env envFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "connect <service> <upstream>...",
+		Short: "Add upstreams (name[:port[:datacenter]]) to a running service; prints each local address",
+		Args:  minArgs(2, "a service name and at least one upstream"),
+		RunE: func(c *cobra.Command, args []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			return boot.Connect(c.Context(), e, args[0], args[1:])
+		},
+	}
+}
+
+func disconnectCmd(env envFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "disconnect <service> <upstream>...",
+		Short: "Remove upstreams added with connect",
+		Args:  minArgs(2, "a service name and at least one upstream"),
+		RunE: func(c *cobra.Command, args []string) error {
+			e, err := env(c)
+			if err != nil {
+				return err
+			}
+			return boot.Disconnect(c.Context(), e, args[0], args[1:])
+		},
+	}
+}

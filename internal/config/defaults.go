@@ -1,0 +1,84 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Built-in defaults, all in one place.
+const (
+	DefaultIDTemplate   = "{{name}}-{{hostname}}"
+	DefaultTTL          = 10 * time.Second
+	DefaultMaxRestarts  = 5
+	DefaultOutboundPort = 15001
+	unsetInt            = -2 // MaxRestarts not written in the file
+)
+
+// DefaultDNS is Consul's DNS interface on a default agent.
+var DefaultDNS = netip.MustParseAddrPort("127.0.0.1:8600")
+
+// Defaults are a host's defaults for every service (meshx.yaml `defaults:`);
+// a service-config's own value wins over them, and they win over built-ins.
+type Defaults struct {
+	Check        Check
+	ProxyMode    string
+	Registration map[string]any
+}
+
+func (s *Service) setDefaults(d Defaults) {
+	if s.ID == "" {
+		s.ID = DefaultIDTemplate
+	}
+	if s.Check.TTL == 0 {
+		s.Check.TTL = firstDuration(d.Check.TTL, DefaultTTL)
+	}
+	if s.Check.Interval == 0 {
+		s.Check.Interval = d.Check.Interval
+		if s.Check.Interval == 0 || s.Check.Interval >= s.Check.TTL {
+			s.Check.Interval = s.Check.TTL / 2
+		}
+	}
+	if s.Check.Probe == "" {
+		s.Check.Probe = firstString(d.Check.Probe, ProbeTCP)
+	}
+	if s.Proxy.Mode == "" {
+		s.Proxy.Mode = firstString(d.ProxyMode, ModeConnect)
+	}
+	if s.Proxy.MaxRestarts == unsetInt {
+		s.Proxy.MaxRestarts = DefaultMaxRestarts
+	}
+	for i := range s.Upstreams {
+		if s.Upstreams[i].Type == "" {
+			s.Upstreams[i].Type = "service"
+		}
+	}
+	if t := s.Transparent; t != nil {
+		if t.OutboundPort == 0 {
+			t.OutboundPort = DefaultOutboundPort
+		}
+		if t.DNS != nil && !t.DNS.Address.IsValid() {
+			t.DNS.Address = DefaultDNS
+		}
+	}
+	if s.Registration == nil && d.Registration != nil {
+		s.Registration = d.Registration
+	}
+}
+
+func firstDuration(v ...time.Duration) time.Duration {
+	for _, d := range v {
+		if d != 0 {
+			return d
+		}
+	}
+	return 0
+}
+
+func firstString(v ...string) string {
+	for _, s := range v {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}

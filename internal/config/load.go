@@ -1,0 +1,113 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Set is every service-config of a host: the valid ones and, per file, the
+// problems of the broken ones. A broken file blocks only its own service.
+type Set struct {
+	Services []*Service
+	Broken   map[string]error // file -> joined located problems
+}
+
+// Err joins the problems of every broken file (nil when all are valid).
+func (s *Set) Err() error {
+	files := make([]string, 0, len(s.Broken))
+	for f := range s.Broken {
+		files = append(files, f)
+	}
+	sort.Strings(files)
+	errs := make([]error, 0, len(files))
+	for _, f := range files {
+		errs = append(errs, s.Broken[f])
+	}
+	return errors.Join(errs...)
+}
+
+// IsServiceFile reports whether a services.d entry is a service-config.
+func IsServiceFile(name string) bool {
+	if strings.HasPrefix(name, ".") {
+		return false
+	}
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+// LoadServices reads every service-config in dir. A missing dir is an empty set.
+func LoadServices(dir string, d Defaults) (*Set, error) {
+	set := &Set{Broken: map[string]error{}}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return set, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read service-configs: %w", err)
+	}
+	for _, e := range entries {
+		if e.IsDir() || !IsServiceFile(e.Name()) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		s, err := ReadFile(path, d)
+		if err != nil {
+			set.Broken[path] = err
+			continue
+		}
+		set.Services = append(set.Services, s)
+	}
+	set.checkNames()
+	return set, nil
+}
+
+// checkNames moves every service whose name another file also uses to Broken:
+// the name is the systemd instance, so it must be unique on the host.
+func (s *Set) checkNames() {
+	byName := map[string][]*Service{}
+	for _, svc := range s.Services {
+		byName[svc.Name] = append(byName[svc.Name], svc)
+	}
+	keep := s.Services[:0]
+	for _, svc := range s.Services {
+		if dups := byName[svc.Name]; len(dups) > 1 {
+			var others []string
+			for _, o := range dups {
+				if o != svc {
+					others = append(others, o.File)
+				}
+			}
+			l := svc.Loc("service.name")
+			s.Broken[svc.File] = &invalidError{errs: []error{&Error{File: svc.File, Line: l.Line, Field: l.Name,
+				Msg: fmt.Sprintf("service name %q is also used by %s", svc.Name, strings.Join(others, ", "))}}}
+			continue
+		}
+		keep = append(keep, svc)
+	}
+	s.Services = keep
+}
+
+// Reject moves a service to Broken with a located problem (for checks made
+// after rendering, such as duplicate ids or port clashes).
+func (s *Set) Reject(svc *Service, field, format string, args ...any) {
+	l := svc.Loc(field)
+	var err error = &invalidError{errs: []error{&Error{File: svc.File, Line: l.Line, Field: l.Name, Msg: fmt.Sprintf(format, args...)}}}
+	if prev, ok := s.Broken[svc.File]; ok {
+		err = errors.Join(prev, err)
+	}
+	s.Broken[svc.File] = err
+	for i, o := range s.Services {
+		if o == svc {
+			s.Services = append(s.Services[:i], s.Services[i+1:]...)
+			break
+		}
+	}
+}

@@ -1,0 +1,104 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Proxy modes.
+const (
+	ModeConnect = "connect" // Consul's built-in Connect proxy (default)
+	ModeEnvoy   = "envoy"   // Envoy through `consul connect envoy`
+	ModeNone    = "none"    // no proxy process (an externally run proxy)
+)
+
+// Health probes behind the TTL heartbeat.
+const (
+	ProbeTCP  = "tcp"  // the app's address:port accepts a TCP connection
+	ProbeNone = "none" // only the proxy's liveness counts
+)
+
+// Service is one service-config after decoding and defaults, whatever shape
+// its file had. Templates (ID, Registration, Proxy.Command) are not rendered yet.
+type Service struct {
+	File string // the file it came from
+	// Shape is "meshx", "vagrant-flat" or "vagrant-annotations".
+	Shape string
+
+	Name    string
+	ID      string // template; default "{{name}}-{{hostname}}"
+	Address string // the app's address; default: the port range IP
+	Port    int    // the app's port; 0 = allocate
+	Tags    []string
+	Meta    map[string]string
+
+	Check     Check
+	Upstreams []Upstream
+	Proxy     Proxy
+	// Registration is a structured template merged over the default registration.
+	Registration map[string]any
+	Transparent  *Transparent // nil = off
+
+	// fields maps a normalized field path ("service.port", "upstreams[0].port")
+	// to where the file wrote it.
+	fields map[string]Loc
+}
+
+// Loc is where a field was written: its line and its name as written.
+type Loc struct {
+	Line int
+	Name string
+}
+
+// Loc returns the location of a normalized field, falling back to the file.
+func (s *Service) Loc(field string) Loc {
+	if l, ok := s.fields[field]; ok {
+		return l
+	}
+	return Loc{Name: field}
+}
+
+// Check configures the TTL check and the heartbeat behind it.
+type Check struct {
+	TTL      time.Duration // default 10s
+	Interval time.Duration // heartbeat period; default TTL/2
+	Probe    string        // ProbeTCP (default) or ProbeNone
+}
+
+// Upstream is one upstream the service's sidecar binds locally.
+type Upstream struct {
+	Name       string
+	Type       string // "service" (default) or "prepared_query"
+	Datacenter string
+	Namespace  string
+	Port       int // local bind port; 0 = allocate
+	Address    string
+}
+
+// Proxy configures the data-plane process meshx-proxy supervises.
+type Proxy struct {
+	Mode        string   // ModeConnect (default), ModeEnvoy, ModeNone
+	Command     []string // template; default depends on Mode
+	ExtraArgs   []string // appended after "--" in envoy mode
+	MaxRestarts int      // default 5; -1 = unlimited
+	User        string   // "" = the global proxy_user
+	// PrometheusScrapePath, when set, makes envoy serve merged metrics there.
+	PrometheusScrapePath string
+}
+
+// Transparent configures transparent-proxy redirection for the host.
+type Transparent struct {
+	OutboundPort         int // default 15001
+	ExcludeInboundPorts  []int
+	ExcludeOutboundPorts []int
+	ExcludeOutboundCIDRs []netip.Prefix
+	ExcludeUIDs          []int
+	DNS                  *DNS
+	// VirtualIP asks Consul to hand out a virtual IP (Vagrant's alpha annotation).
+	VirtualIP bool
+}
+
+// DNS redirects the host's DNS queries to Consul DNS.
+type DNS struct {
+	Address netip.AddrPort // default 127.0.0.1:8600
+}

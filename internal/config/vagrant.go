@@ -1,0 +1,270 @@
+package config
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// The Vagrant transparent-proxy flow's /srv/consul/service-config.json comes in two
+// shapes; both are read as-is. Both default to transparent proxy with Envoy, as that
+// flow's default template did. Strings are parsed strictly: "false" is false, a
+// missing upstream port is a located error.
+
+const annotationPrefix = "consul.hashicorp.com/"
+
+// decodeFlat reads the flat-Consul-fields shape: {"name": "web", "port": 8080, ...}.
+func decodeFlat(data []byte, root *yaml.Node, p *Problems) *Service {
+	s := &Service{Shape: "vagrant-flat", fields: map[string]Loc{}, Transparent: &Transparent{}}
+	s.Proxy.Mode, s.Proxy.MaxRestarts = ModeEnvoy, unsetInt
+	raw := map[string]Loc{}
+	walkLines(root, "", raw)
+	alias := map[string]string{"name": "service.name", "id": "service.id", "address": "service.address",
+		"port": "service.port", "tags": "service.tags", "meta": "service.meta"}
+	for k, l := range raw {
+		if n, ok := alias[k]; ok {
+			s.fields[n] = l
+		}
+	}
+	var v struct {
+		Name    string            `yaml:"name"`
+		ID      string            `yaml:"id"`
+		Address string            `yaml:"address"`
+		Port    int               `yaml:"port"`
+		Tags    []string          `yaml:"tags"`
+		Meta    map[string]string `yaml:"meta"`
+		Connect *struct {
+			SidecarService *struct {
+				Proxy *struct {
+					Mode      string `yaml:"mode"`
+					Upstreams []struct {
+						DestinationName string `yaml:"destination_name"`
+						DestinationType string `yaml:"destination_type"`
+						Datacenter      string `yaml:"datacenter"`
+						LocalBindPort   int    `yaml:"local_bind_port"`
+						LocalBindAddr   string `yaml:"local_bind_address"`
+					} `yaml:"upstreams"`
+				} `yaml:"proxy"`
+			} `yaml:"sidecar_service"`
+		} `yaml:"connect"`
+	}
+	if !decodeStrict(data, &v, p) {
+		return nil
+	}
+	s.Name, s.ID, s.Address, s.Port, s.Tags, s.Meta = v.Name, v.ID, v.Address, v.Port, v.Tags, v.Meta
+	if v.Connect != nil && v.Connect.SidecarService != nil && v.Connect.SidecarService.Proxy != nil {
+		px := v.Connect.SidecarService.Proxy
+		switch px.Mode {
+		case "", "transparent":
+		case "direct":
+			s.Transparent = nil
+		default:
+			l := raw["connect.sidecar_service.proxy.mode"]
+			p.add(l.Line, l.Name, "must be \"transparent\" or \"direct\", not %q", px.Mode)
+		}
+		for i, u := range px.Upstreams {
+			base := fieldIndex("connect.sidecar_service.proxy.upstreams", i)
+			s.fields[fieldIndex("upstreams", i)] = raw[base]
+			s.fields[fieldIndex("upstreams", i)+".name"] = raw[base+".destination_name"]
+			s.fields[fieldIndex("upstreams", i)+".port"] = raw[base+".local_bind_port"]
+			s.Upstreams = append(s.Upstreams, Upstream{Name: u.DestinationName, Type: u.DestinationType,
+				Datacenter: u.Datacenter, Port: u.LocalBindPort, Address: u.LocalBindAddr})
+		}
+	}
+	return s
+}
+
+func fieldIndex(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
+
+// decodeAnnotations reads {"annotations": {"consul.hashicorp.com/...": "..."}}.
+func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
+	s := &Service{Shape: "vagrant-annotations", fields: map[string]Loc{}, Transparent: &Transparent{}}
+	s.Proxy.Mode, s.Proxy.MaxRestarts = ModeEnvoy, unsetInt
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if k := root.Content[i]; k.Value != "annotations" {
+			p.add(k.Line, k.Value, "unknown field (this file has the annotations shape: only \"annotations\" is allowed)")
+		}
+	}
+	_, ann := lookup(root, "annotations")
+	if ann.Kind != yaml.MappingNode {
+		p.add(ann.Line, "annotations", "must be a mapping of strings, not %s", kindName(ann))
+		return nil
+	}
+	tproxy := true
+	for i := 0; i+1 < len(ann.Content); i += 2 {
+		kn, vn := ann.Content[i], ann.Content[i+1]
+		field := "annotations." + kn.Value
+		loc := Loc{Line: kn.Line, Name: field}
+		if vn.Kind != yaml.ScalarNode || vn.Tag == "!!null" {
+			p.add(kn.Line, field, "must be a string, not %s", kindName(vn))
+			continue
+		}
+		key, val := kn.Value, strings.TrimSpace(vn.Value)
+		bad := func(format string, args ...any) { p.add(kn.Line, field, format, args...) }
+		if key == "alpha.consul.hashicorp.com/virtual-ip" {
+			if b, ok := parseBool(val); ok {
+				s.Transparent.VirtualIP = b
+			} else {
+				bad("must be \"true\" or \"false\", not %q", val)
+			}
+			continue
+		}
+		if !strings.HasPrefix(key, annotationPrefix) {
+			bad("unknown annotation (expected the %q prefix)", annotationPrefix)
+			continue
+		}
+		name := strings.TrimPrefix(key, annotationPrefix)
+		switch {
+		case name == "connect-service":
+			s.Name, s.fields["service.name"] = val, loc
+		case name == "connect-service-port":
+			s.fields["service.port"] = loc
+			n, err := strconv.Atoi(val)
+			if err != nil {
+				bad("not a port number: %q", val)
+			}
+			s.Port = n
+		case name == "connect-service-upstreams":
+			s.fields["upstreams"] = loc
+			for j, item := range splitCSV(val) {
+				u, err := ParseUpstream(item)
+				if err != nil {
+					bad("upstream %d (%q): %v", j+1, item, err)
+					continue
+				}
+				s.fields[fieldIndex("upstreams", j)] = loc
+				s.fields[fieldIndex("upstreams", j)+".name"] = loc
+				s.fields[fieldIndex("upstreams", j)+".port"] = loc
+				s.Upstreams = append(s.Upstreams, u)
+			}
+		case name == "service-tags":
+			s.Tags, s.fields["service.tags"] = splitCSV(val), loc
+		case strings.HasPrefix(name, "service-meta-"):
+			if s.Meta == nil {
+				s.Meta = map[string]string{}
+			}
+			mk := strings.TrimPrefix(name, "service-meta-")
+			s.Meta[mk], s.fields["service.meta."+mk] = val, loc
+		case name == "transparent-proxy":
+			b, ok := parseBool(val)
+			if !ok {
+				bad("must be \"true\" or \"false\", not %q", val)
+			}
+			tproxy = b
+		case strings.HasPrefix(name, "transparent-proxy-exclude-"):
+			s.annotationExclude(p, loc, strings.TrimPrefix(name, "transparent-proxy-exclude-"), val)
+		case name == "prometheus-scrape-path":
+			if !strings.HasPrefix(val, "/") {
+				bad("must be a path starting with /, not %q", val)
+			}
+			s.Proxy.PrometheusScrapePath, s.fields["proxy.prometheus_scrape_path"] = val, loc
+		case name == "envoy-extra-args":
+			// Split on white space only: the text is never given to a shell.
+			s.Proxy.ExtraArgs, s.fields["proxy.extra_args"] = strings.Fields(val), loc
+		default:
+			bad("unsupported annotation")
+		}
+	}
+	if !tproxy {
+		s.Transparent = nil
+	}
+	return s
+}
+
+func (s *Service) annotationExclude(p *Problems, loc Loc, what, val string) {
+	t := s.Transparent
+	items := splitCSV(val)
+	ints := func(field string) []int {
+		var out []int
+		for _, it := range items {
+			n, err := strconv.Atoi(it)
+			if err != nil {
+				p.add(loc.Line, loc.Name, "not a number: %q", it)
+				continue
+			}
+			out = append(out, n)
+		}
+		s.fields[field] = loc
+		return out
+	}
+	switch what {
+	case "inbound-ports":
+		t.ExcludeInboundPorts = ints("transparent_proxy.exclude_inbound_ports")
+	case "outbound-ports":
+		t.ExcludeOutboundPorts = ints("transparent_proxy.exclude_outbound_ports")
+	case "uids":
+		t.ExcludeUIDs = ints("transparent_proxy.exclude_uids")
+	case "outbound-cidrs":
+		for i, it := range items {
+			f := fieldIndex("transparent_proxy.exclude_outbound_cidrs", i)
+			s.fields[f] = loc
+			t.ExcludeOutboundCIDRs = append(t.ExcludeOutboundCIDRs, s.prefix(p, f, it))
+		}
+	default:
+		p.add(loc.Line, loc.Name, "unsupported annotation")
+	}
+}
+
+// ParseUpstream reads one upstream item as the connect-service-upstreams
+// annotation writes them:
+// name:port, name:port:dc, name.ns:port, prepared_query:name:port.
+func ParseUpstream(item string) (Upstream, error) {
+	parts := strings.Split(item, ":")
+	u := Upstream{}
+	if parts[0] == "prepared_query" {
+		u.Type = "prepared_query"
+		parts = parts[1:]
+	}
+	switch len(parts) {
+	case 1:
+		return u, fmt.Errorf("missing local port (write name:port)")
+	case 2, 3:
+	default:
+		return u, fmt.Errorf("too many ':' (write name:port or name:port:datacenter)")
+	}
+	u.Name = parts[0]
+	if u.Type == "" {
+		if name, ns, ok := strings.Cut(parts[0], "."); ok {
+			u.Name, u.Namespace = name, ns
+		}
+	}
+	if u.Name == "" {
+		return u, fmt.Errorf("missing upstream name")
+	}
+	port, err := strconv.Atoi(parts[1])
+	if err != nil || parts[1] == "" {
+		return u, fmt.Errorf("not a port number: %q", parts[1])
+	}
+	u.Port = port
+	if len(parts) == 3 {
+		if u.Type == "prepared_query" {
+			return u, fmt.Errorf("a prepared query takes no datacenter")
+		}
+		u.Datacenter = parts[2]
+	}
+	return u, nil
+}
+
+func splitCSV(v string) []string {
+	var out []string
+	for _, it := range strings.Split(v, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+// parseBool accepts exactly true/false (any case): the Vagrant flow's script
+// turned the string "false" into true.
+func parseBool(v string) (bool, bool) {
+	switch strings.ToLower(v) {
+	case "true":
+		return true, true
+	case "false":
+		return false, true
+	}
+	return false, false
+}

@@ -1,0 +1,156 @@
+package config
+
+import (
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Service names must be DNS labels: valid for Consul, for Consul DNS, for a
+// systemd unit instance, and free of shell metacharacters.
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// userRE is Debian's rule for user names (adduser's default NAME_REGEX, relaxed for '_').
+var userRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// IDs may also hold dots and capitals (hostnames) and template braces.
+var idTemplateRE = regexp.MustCompile(`^[A-Za-z0-9{}$._-]{1,128}$`)
+
+// ValidName reports whether name is a valid service or upstream name.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
+func (s *Service) validate(p *Problems) {
+	at := func(field, format string, args ...any) {
+		l := s.Loc(field)
+		p.add(l.Line, l.Name, format, args...)
+	}
+	switch {
+	case s.Name == "":
+		at("service.name", "missing: every service needs a name")
+	case !ValidName(s.Name):
+		at("service.name", "invalid name %q: use lower-case letters, digits and '-', at most 63, starting and ending with a letter or digit", s.Name)
+	}
+	if !idTemplateRE.MatchString(s.ID) {
+		at("service.id", "invalid id %q: use letters, digits, '.', '_', '-' (templates like {{hostname}} allowed), at most 128", s.ID)
+	}
+	if s.Port < 0 || s.Port > 65535 {
+		at("service.port", "port %d out of range 1-65535 (omit it to have one allocated)", s.Port)
+	}
+	for i, t := range s.Tags {
+		if t == "" || strings.ContainsAny(t, "\n\x00") {
+			at(fieldIndex("service.tags", i), "invalid tag %q", t)
+		}
+	}
+	for k := range s.Meta {
+		if strings.HasPrefix(k, "meshx-") {
+			at("service.meta."+k, "the meta key prefix \"meshx-\" is reserved for meshx's ownership records")
+		}
+	}
+	if s.Check.TTL < time.Second {
+		at("check.ttl", "ttl %s is too short (at least 1s)", s.Check.TTL)
+	}
+	if s.Check.Interval <= 0 || s.Check.Interval >= s.Check.TTL {
+		at("check.interval", "interval %s must be positive and shorter than ttl %s", s.Check.Interval, s.Check.TTL)
+	}
+	if s.Check.Probe != ProbeTCP && s.Check.Probe != ProbeNone {
+		at("check.probe", "unknown probe %q (tcp or none)", s.Check.Probe)
+	}
+	s.validateUpstreams(at)
+	switch s.Proxy.Mode {
+	case ModeConnect, ModeEnvoy, ModeNone:
+	default:
+		at("proxy.mode", "unknown mode %q (connect, envoy or none)", s.Proxy.Mode)
+	}
+	if s.Proxy.MaxRestarts < -1 {
+		at("proxy.max_restarts", "must be -1 (unlimited) or more, not %d", s.Proxy.MaxRestarts)
+	}
+	if _, ok := s.fields["proxy.command"]; ok && len(s.Proxy.Command) == 0 {
+		at("proxy.command", "must not be empty (omit it for the default)")
+	}
+	if len(s.Proxy.ExtraArgs) > 0 && s.Proxy.Mode != ModeEnvoy {
+		at("proxy.extra_args", "extra arguments are passed to Envoy: they need proxy.mode envoy")
+	}
+	if s.Proxy.PrometheusScrapePath != "" && s.Proxy.Mode != ModeEnvoy {
+		at("proxy.prometheus_scrape_path", "merged metrics are served by Envoy: they need proxy.mode envoy")
+	}
+	if s.Proxy.User != "" && !userRE.MatchString(s.Proxy.User) {
+		at("proxy.user", "invalid user name %q", s.Proxy.User)
+	}
+	s.validateTransparent(at)
+}
+
+func (s *Service) validateUpstreams(at func(string, string, ...any)) {
+	seen := map[string]int{}
+	for i, u := range s.Upstreams {
+		f := fieldIndex("upstreams", i)
+		switch {
+		case u.Name == "":
+			at(f+".name", "missing upstream name")
+		case !ValidName(u.Name):
+			at(f+".name", "invalid upstream name %q", u.Name)
+		}
+		if j, dup := seen[u.key()]; dup {
+			at(f+".name", "upstream %q listed twice (also item %d)", u.Name, j+1)
+		}
+		seen[u.key()] = i
+		if u.Type != "service" && u.Type != "prepared_query" {
+			at(f+".type", "unknown type %q (service or prepared_query)", u.Type)
+		}
+		if u.Datacenter != "" && !ValidName(u.Datacenter) {
+			at(f+".datacenter", "invalid datacenter %q", u.Datacenter)
+		}
+		if u.Namespace != "" && !ValidName(u.Namespace) {
+			at(f+".namespace", "invalid namespace %q", u.Namespace)
+		}
+		if u.Port < 0 || u.Port > 65535 {
+			at(f+".port", "port %d out of range 1-65535 (omit it to have one allocated)", u.Port)
+		}
+		if u.Port != 0 && u.Port == s.Port {
+			at(f+".port", "port %d is also the service's own port", u.Port)
+		}
+	}
+}
+
+func (u Upstream) key() string { return u.Type + "/" + u.Namespace + "/" + u.Name + "/" + u.Datacenter }
+
+// Key names the upstream uniquely within its service (for port allocation).
+func (u Upstream) Key() string {
+	k := u.Name
+	if u.Type == "prepared_query" {
+		k = "pq:" + k
+	}
+	if u.Namespace != "" {
+		k += "." + u.Namespace
+	}
+	if u.Datacenter != "" {
+		k += "@" + u.Datacenter
+	}
+	return k
+}
+
+func (s *Service) validateTransparent(at func(string, string, ...any)) {
+	t := s.Transparent
+	if t == nil {
+		return
+	}
+	if s.Proxy.Mode == ModeConnect && len(s.Proxy.Command) == 0 {
+		at("transparent_proxy", "transparent proxy needs proxy.mode envoy or a custom proxy.command: Consul's built-in proxy has no transparent listener")
+	}
+	ports := func(field string, ps []int) {
+		for i, p := range ps {
+			if p < 1 || p > 65535 {
+				at(fieldIndex(field, i), "port %d out of range 1-65535", p)
+			}
+		}
+	}
+	if t.OutboundPort < 1 || t.OutboundPort > 65535 {
+		at("transparent_proxy.outbound_port", "port %d out of range 1-65535", t.OutboundPort)
+	}
+	ports("transparent_proxy.exclude_inbound_ports", t.ExcludeInboundPorts)
+	ports("transparent_proxy.exclude_outbound_ports", t.ExcludeOutboundPorts)
+	for i, u := range t.ExcludeUIDs {
+		if u < 0 {
+			at(fieldIndex("transparent_proxy.exclude_uids", i), "uid %d is negative", u)
+		}
+	}
+}

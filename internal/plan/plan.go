@@ -1,0 +1,205 @@
+// Package plan turns a validated service-config into the exact thing meshx
+// acts on: the final Consul registration, the proxy argv and the heartbeat
+// settings. A plan is a pure function of the config, the host's globals and
+// the allocated ports; meshx-init writes it to the state dir and meshx-proxy
+// reads it back, so both act on the same rendered data.
+package plan
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/template"
+)
+
+// Meta keys meshx writes on every service it registers.
+const (
+	MetaManaged = "meshx-managed" // "true": registered by meshx
+	MetaHost    = "meshx-host"    // the hostname of the meshx that owns it
+	MetaHash    = "meshx-hash"    // hash of the rest of the registration
+	MetaName    = "meshx-service" // the service-config's service name (unit instance)
+)
+
+// Plan is one service, rendered.
+type Plan struct {
+	Name      string `json:"name"`
+	ID        string `json:"id"`
+	File      string `json:"file"`
+	Address   string `json:"address"`
+	Port      int    `json:"port"`
+	SidecarID string `json:"sidecar_id"`
+
+	Registration *api.AgentServiceRegistration `json:"registration"`
+	Hash         string                        `json:"hash"`
+
+	CheckID  string   `json:"check_id"`
+	TTL      Duration `json:"ttl"`
+	Interval Duration `json:"interval"`
+	Probe    string   `json:"probe"`
+
+	Upstreams []Upstream `json:"upstreams,omitempty"`
+	Proxy     Proxy      `json:"proxy"`
+	// Transparent is set when the service enables transparent proxy.
+	Transparent *config.Transparent `json:"transparent,omitempty"`
+}
+
+// Upstream is one locally bound upstream.
+type Upstream struct {
+	Key     string `json:"key"`
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+}
+
+// Proxy is what meshx-proxy runs.
+type Proxy struct {
+	Mode        string   `json:"mode"`
+	Argv        []string `json:"argv,omitempty"` // empty for mode none
+	User        string   `json:"user,omitempty"`
+	MaxRestarts int      `json:"max_restarts"`
+	AdminPort   int      `json:"admin_port,omitempty"` // envoy admin listener
+}
+
+// Duration is a time.Duration that reads and writes as "10s".
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}
+
+// Ports are a service's allocated or fixed ports.
+type Ports struct {
+	Service   int
+	Upstreams map[string]int // by config.Upstream.Key()
+	Admin     int            // envoy admin; 0 unless mode envoy
+}
+
+// Keys used with the port allocator.
+func ServicePortKey(id string) string            { return "service/" + id }
+func UpstreamPortKey(id, upstream string) string { return "upstream/" + id + "/" + upstream }
+func AdminPortKey(id string) string              { return "envoy-admin/" + id }
+
+// Host is what a plan needs to know about the host.
+type Host struct {
+	Hostname       string
+	Global         *config.Global
+	ExtraUpstreams []config.Upstream // added at run time with `meshx-init connect`
+}
+
+// RenderID renders a service's id template.
+func RenderID(s *config.Service, hostname string) (string, error) {
+	id, err := template.RenderString(s.ID, template.Vars{"name": s.Name, "hostname": hostname}, "service.id")
+	if err != nil {
+		return "", err
+	}
+	if !validID(id) {
+		return "", fmt.Errorf("service.id: rendered id %q is not valid (letters, digits, '.', '_', '-')", id)
+	}
+	return id, nil
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		ok := r == '.' || r == '_' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Build renders the plan of one service with the given ports.
+func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
+	id, err := RenderID(s, h.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	address := s.Address
+	if address == "" {
+		address = h.Global.Ports.IP.String()
+	}
+	pl := &Plan{Name: s.Name, ID: id, File: s.File, Address: address, Port: p.Service,
+		SidecarID: id + "-sidecar-proxy", CheckID: "meshx-ttl:" + id,
+		TTL: Duration(s.Check.TTL), Interval: Duration(s.Check.Interval), Probe: s.Check.Probe,
+		Transparent: s.Transparent}
+	ups := append(append([]config.Upstream{}, s.Upstreams...), h.ExtraUpstreams...)
+	var consulUps []any
+	for _, u := range ups {
+		port := u.Port
+		if port == 0 {
+			port = p.Upstreams[u.Key()]
+		}
+		addr := u.Address
+		if addr == "" {
+			addr = h.Global.Ports.IP.String()
+		}
+		pl.Upstreams = append(pl.Upstreams, Upstream{Key: u.Key(), Name: u.Name, Address: addr, Port: port})
+		cu := map[string]any{"DestinationName": u.Name, "LocalBindAddress": addr, "LocalBindPort": port}
+		if u.Type == "prepared_query" {
+			cu["DestinationType"] = "prepared_query"
+		}
+		if u.Datacenter != "" {
+			cu["Datacenter"] = u.Datacenter
+		}
+		if u.Namespace != "" {
+			cu["DestinationNamespace"] = u.Namespace
+		}
+		consulUps = append(consulUps, cu)
+	}
+	vars := template.Vars{
+		"name": s.Name, "id": id, "address": address, "port": p.Service, "hostname": h.Hostname,
+		"tags": s.Tags, "meta": s.Meta, "upstreams": consulUps, "upstreams_text": upstreamsText(pl.Upstreams),
+		"check_id": pl.CheckID, "ttl": s.Check.TTL.String(), "sidecar_id": pl.SidecarID,
+		"consul": h.Global.Consul.Binary,
+	}
+	if err := pl.buildRegistration(s, h, vars); err != nil {
+		return nil, err
+	}
+	if err := pl.buildProxy(s, h, p, vars); err != nil {
+		return nil, err
+	}
+	return pl, nil
+}
+
+func upstreamsText(ups []Upstream) string {
+	var b bytes.Buffer
+	for i, u := range ups {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(u.Name + ":" + strconv.Itoa(u.Port))
+	}
+	return b.String()
+}
+
+// Hash returns a short, stable hash of a registration (its meshx-hash meta excluded).
+func Hash(r *api.AgentServiceRegistration) string {
+	c := *r
+	c.Meta = map[string]string{}
+	for k, v := range r.Meta {
+		if k != MetaHash {
+			c.Meta[k] = v
+		}
+	}
+	b, _ := json.Marshal(&c) // map keys are sorted by encoding/json: stable
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}

@@ -1,0 +1,155 @@
+package plan
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/ports"
+	"github.com/meshx/meshx/internal/template"
+)
+
+// Allocator hands out ports for requests (ports.Allocate, or a dry run).
+type Allocator func(reqs []ports.Request) (map[string]int, error)
+
+// BuildAll renders every valid service of set. Problems found only now
+// (duplicate ids, fixed ports clashing across files, template errors, more than
+// one transparent proxy) move the service to set.Broken; only then are ports
+// allocated, so a broken file allocates nothing. extra holds upstreams added at
+// run time, by service name.
+func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc Allocator) ([]*Plan, error) {
+	sort.Slice(set.Services, func(i, j int) bool { return set.Services[i].File < set.Services[j].File })
+	ids := map[string]*config.Service{}
+	for _, s := range append([]*config.Service{}, set.Services...) {
+		id, err := RenderID(s, h.Hostname)
+		if err != nil {
+			set.Reject(s, "service.id", "%v", trimField(err, "service.id"))
+			continue
+		}
+		if o, dup := ids[id]; dup {
+			set.Reject(s, "service.id", "service id %q is also used by %s", id, o.File)
+			continue
+		}
+		ids[id] = s
+	}
+	checkFixedPorts(set)
+	checkTransparent(set)
+	// Dry render with placeholder ports: template errors are found before any
+	// port is allocated.
+	for _, s := range append([]*config.Service{}, set.Services...) {
+		hh := h
+		hh.ExtraUpstreams = extra[s.Name]
+		if _, err := Build(s, hh, Ports{Service: 1, Admin: 1, Upstreams: placeholder(s, extra[s.Name])}); err != nil {
+			var uv *template.UnknownVarError
+			if errors.As(err, &uv) {
+				set.Reject(s, uv.Path, "unknown template variable {{%s}}", uv.Var)
+				continue
+			}
+			set.Reject(s, "registration", "%v", err)
+		}
+	}
+	var reqs []ports.Request
+	for _, s := range set.Services {
+		id, _ := RenderID(s, h.Hostname)
+		reqs = append(reqs, ports.Request{Key: ServicePortKey(id), Fixed: s.Port})
+		for _, u := range append(append([]config.Upstream{}, s.Upstreams...), extra[s.Name]...) {
+			reqs = append(reqs, ports.Request{Key: UpstreamPortKey(id, u.Key()), Fixed: u.Port, Down: true})
+		}
+		if s.Proxy.Mode == config.ModeEnvoy {
+			reqs = append(reqs, ports.Request{Key: AdminPortKey(id)})
+		}
+	}
+	got, err := alloc(reqs)
+	if err != nil {
+		return nil, fmt.Errorf("allocate ports: %w", err)
+	}
+	var plans []*Plan
+	for _, s := range set.Services {
+		id, _ := RenderID(s, h.Hostname)
+		p := Ports{Service: got[ServicePortKey(id)], Admin: got[AdminPortKey(id)], Upstreams: map[string]int{}}
+		ups := append(append([]config.Upstream{}, s.Upstreams...), extra[s.Name]...)
+		for _, u := range ups {
+			p.Upstreams[u.Key()] = got[UpstreamPortKey(id, u.Key())]
+		}
+		hh := h
+		hh.ExtraUpstreams = extra[s.Name]
+		pl, err := Build(s, hh, p)
+		if err != nil {
+			return nil, err // the dry render passed: this is a bug, not bad input
+		}
+		plans = append(plans, pl)
+	}
+	return plans, nil
+}
+
+func placeholder(s *config.Service, extra []config.Upstream) map[string]int {
+	m := map[string]int{}
+	for _, u := range append(append([]config.Upstream{}, s.Upstreams...), extra...) {
+		m[u.Key()] = 1
+	}
+	return m
+}
+
+func trimField(err error, field string) string {
+	msg := err.Error()
+	if len(msg) > len(field)+2 && msg[:len(field)+2] == field+": " {
+		return msg[len(field)+2:]
+	}
+	return msg
+}
+
+// checkFixedPorts rejects a service whose fixed port another service (earlier
+// by file name) already fixed.
+func checkFixedPorts(set *config.Set) {
+	type owner struct {
+		s     *config.Service
+		field string
+	}
+	taken := map[int]owner{}
+	for _, s := range append([]*config.Service{}, set.Services...) {
+		type fp struct {
+			port  int
+			field string
+		}
+		var mine []fp
+		if s.Port != 0 {
+			mine = append(mine, fp{s.Port, "service.port"})
+		}
+		for i, u := range s.Upstreams {
+			if u.Port != 0 {
+				mine = append(mine, fp{u.Port, fmt.Sprintf("upstreams[%d].port", i)})
+			}
+		}
+		clash := false
+		for _, m := range mine {
+			if o, ok := taken[m.port]; ok && o.s != s {
+				set.Reject(s, m.field, "port %d is already taken by %s (%s)", m.port, o.s.File, o.field)
+				clash = true
+				break
+			}
+		}
+		if clash {
+			continue
+		}
+		for _, m := range mine {
+			taken[m.port] = owner{s, m.field}
+		}
+	}
+}
+
+// checkTransparent allows one transparent-proxy service per host: the
+// redirection rules are per network namespace.
+func checkTransparent(set *config.Set) {
+	var first *config.Service
+	for _, s := range append([]*config.Service{}, set.Services...) {
+		if s.Transparent == nil {
+			continue
+		}
+		if first != nil {
+			set.Reject(s, "transparent_proxy", "only one service per host may enable transparent proxy; %s already does", first.File)
+			continue
+		}
+		first = s
+	}
+}

@@ -1,0 +1,129 @@
+// Package register keeps meshx's services registered with the local Consul
+// agent: it builds the API client from meshx.yaml and the standard CONSUL_*
+// variables, waits for an unreachable agent with backoff, registers a plan
+// (service, sidecar, TTL check) only when it changed, enforces ownership, and
+// deregisters what meshx owns but no longer configures.
+package register
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/config"
+)
+
+// APIConfig builds the consul/api config: the CONSUL_* environment first, then
+// meshx.yaml's values, which win where set.
+func APIConfig(c config.Consul) *api.Config {
+	cfg := api.DefaultConfig()
+	if c.Address != "" {
+		cfg.Address = c.Address
+	}
+	if c.TokenFile != "" {
+		cfg.TokenFile, cfg.Token = c.TokenFile, ""
+	}
+	if c.CAFile != "" {
+		cfg.TLSConfig.CAFile = c.CAFile
+	}
+	if c.CertFile != "" {
+		cfg.TLSConfig.CertFile = c.CertFile
+	}
+	if c.KeyFile != "" {
+		cfg.TLSConfig.KeyFile = c.KeyFile
+	}
+	if c.TLSServerName != "" {
+		cfg.TLSConfig.Address = c.TLSServerName
+	}
+	if strings.HasPrefix(cfg.Address, "https://") {
+		cfg.Scheme = "https"
+	}
+	return cfg
+}
+
+// NewClient returns an API client for the local agent.
+func NewClient(c config.Consul) (*api.Client, error) {
+	cl, err := api.NewClient(APIConfig(c))
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", Address(c), err)
+	}
+	return cl, nil
+}
+
+// Address is the agent address meshx uses, for messages.
+func Address(c config.Consul) string {
+	cfg := APIConfig(c)
+	if strings.Contains(cfg.Address, "://") {
+		return cfg.Address
+	}
+	return cfg.Scheme + "://" + cfg.Address
+}
+
+// ProxyEnv returns the environment for the proxy child: base plus the agent's
+// address, TLS files and token. The token goes in the environment (never argv)
+// and is read here, so a proxy running as an unprivileged user needs no access
+// to the token file.
+func ProxyEnv(c config.Consul, base []string) ([]string, error) {
+	cfg := APIConfig(c)
+	env := make([]string, 0, len(base)+8)
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case api.HTTPTokenEnvName, api.HTTPTokenFileEnvName, api.HTTPAddrEnvName:
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, api.HTTPAddrEnvName+"="+cfg.Address)
+	token := cfg.Token
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read token file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token != "" {
+		env = append(env, api.HTTPTokenEnvName+"="+token)
+	}
+	for k, v := range map[string]string{api.HTTPCAFile: cfg.TLSConfig.CAFile, api.HTTPClientCert: cfg.TLSConfig.CertFile,
+		api.HTTPClientKey: cfg.TLSConfig.KeyFile, api.HTTPTLSServerName: cfg.TLSConfig.Address, api.GRPCAddrEnvName: c.GRPCAddress} {
+		if v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env, nil
+}
+
+// ErrAgentUnreachable is returned when the agent did not answer in time.
+var ErrAgentUnreachable = errors.New("consul agent unreachable")
+
+// WaitAgent retries until the agent answers /v1/agent/self or wait passes,
+// with exponential backoff (1s growing to 10s); each failure is logged.
+func WaitAgent(ctx context.Context, cl *api.Client, addr string, wait time.Duration, log *slog.Logger) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = 500*time.Millisecond, 10*time.Second
+	tries := 0
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		tries++
+		_, err := cl.Agent().Self()
+		if err != nil && tries > 1 {
+			log.Warn("waiting for the consul agent", "address", addr, "attempt", tries, "err", err)
+		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(wait))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w at %s after %s (%d attempts): %v", ErrAgentUnreachable, addr, wait, tries, err)
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package register
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/plan"
+)
+
+// ErrNotOwned: the agent holds a service with this id that meshx on this host
+// did not register. meshx refuses to touch it unless forced.
+var ErrNotOwned = errors.New("service not owned by meshx on this host")
+
+// Registrar registers plans with one agent, as one host.
+type Registrar struct {
+	Agent    *api.Agent
+	Hostname string // the owner recorded in each service's meta
+}
+
+// Result says what Ensure did.
+type Result string
+
+const (
+	Registered Result = "registered" // was absent
+	Updated    Result = "updated"    // present, but its registration changed or a part was missing
+	Unchanged  Result = "unchanged"  // present and identical: nothing sent
+)
+
+// Owned reports whether a service in the agent was registered by meshx on this host.
+func (r *Registrar) Owned(s *api.AgentService) bool {
+	return s != nil && s.Meta[plan.MetaManaged] == "true" && s.Meta[plan.MetaHost] == r.Hostname
+}
+
+// Ensure registers pl unless the agent already holds exactly it. status is the
+// TTL check's status to register with; "" keeps the check's current status
+// (critical when it has none), so a changed registration does not flap the
+// check. force takes over a service meshx does not own.
+func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, force bool) (Result, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	svcs, err := r.Agent.ServicesWithFilterOpts("", q)
+	if err != nil {
+		return "", fmt.Errorf("list agent services: %w", err)
+	}
+	cur, exists := svcs[pl.ID]
+	if exists && !r.Owned(cur) && !force {
+		return "", fmt.Errorf("register %s: %w (meta %s=%q, %s=%q); use --force to take it over",
+			pl.ID, ErrNotOwned, plan.MetaManaged, cur.Meta[plan.MetaManaged], plan.MetaHost, cur.Meta[plan.MetaHost])
+	}
+	var checks map[string]*api.AgentCheck
+	if exists {
+		if checks, err = r.Agent.ChecksWithFilterOpts("", q); err != nil {
+			return "", fmt.Errorf("list agent checks: %w", err)
+		}
+	}
+	if exists && r.Owned(cur) && cur.Meta[plan.MetaHash] == pl.Hash && svcs[pl.SidecarID] != nil && checks[pl.CheckID] != nil {
+		return Unchanged, nil
+	}
+	if status == "" {
+		status = api.HealthCritical
+		if c := checks[pl.CheckID]; c != nil {
+			status = c.Status
+		}
+	}
+	reg := *pl.Registration
+	reg.Checks = append(api.AgentServiceChecks{}, pl.Registration.Checks...)
+	for i, c := range reg.Checks {
+		if c.CheckID == pl.CheckID {
+			cc := *c
+			cc.Status = status
+			reg.Checks[i] = &cc
+		}
+	}
+	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+	if err := r.Agent.ServiceRegisterOpts(&reg, opts); err != nil {
+		return "", fmt.Errorf("register %s: %w", pl.ID, err)
+	}
+	if exists {
+		return Updated, nil
+	}
+	return Registered, nil
+}
+
+// Deregister removes a service and its sidecar; absent ones are fine.
+func (r *Registrar) Deregister(ctx context.Context, id, sidecarID string) error {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	for _, sid := range []string{sidecarID, id} {
+		if sid == "" {
+			continue
+		}
+		if err := r.Agent.ServiceDeregisterOpts(sid, q); err != nil && !IsNotFound(err) {
+			return fmt.Errorf("deregister %s: %w", sid, err)
+		}
+	}
+	return nil
+}
+
+// OwnedServices lists the (non-sidecar) services meshx on this host registered.
+func (r *Registrar) OwnedServices(ctx context.Context) (map[string]*api.AgentService, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	svcs, err := r.Agent.ServicesWithFilterOpts("", q)
+	if err != nil {
+		return nil, fmt.Errorf("list agent services: %w", err)
+	}
+	out := map[string]*api.AgentService{}
+	for id, s := range svcs {
+		if s.Kind == api.ServiceKindTypical && r.Owned(s) {
+			out[id] = s
+		}
+	}
+	return out, nil
+}
+
+// IsNotFound reports a 404 from the agent (unknown service or check).
+func IsNotFound(err error) bool {
+	var se api.StatusError
+	if errors.As(err, &se) {
+		return se.Code == http.StatusNotFound
+	}
+	return false
+}

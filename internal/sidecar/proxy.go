@@ -1,0 +1,206 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/register"
+	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/supervisor"
+	"github.com/meshx/meshx/internal/ttl"
+)
+
+func (d *daemon) newSupervisor() (*supervisor.Supervisor, error) {
+	env, err := register.ProxyEnv(d.o.Global.Consul, os.Environ())
+	if err != nil {
+		return nil, err
+	}
+	cred, err := credential(d.pl.Proxy.User)
+	if err != nil {
+		return nil, fmt.Errorf("%w: proxy.user: %w", ErrConfig, err)
+	}
+	return supervisor.New(supervisor.Options{
+		Name: "proxy", Argv: d.pl.Proxy.Argv, Env: env, Credential: cred,
+		Logger: d.log.With("component", "proxy"), MaxRestarts: d.pl.Proxy.MaxRestarts,
+		StopTimeout: d.o.ProxyStopTimeout, RestartOnSuccess: true,
+		OnStateChange: d.onProxyState,
+	})
+}
+
+func (d *daemon) onProxyState(s supervisor.Status) {
+	d.mu.Lock()
+	d.st.ProxyPID, d.st.ProxyState, d.st.Restarts = s.PID, string(s.State), s.Restarts
+	d.mu.Unlock()
+	if s.State == supervisor.StateRunning && s.PID > 0 {
+		rec := fmt.Sprintf("%d %s\n", s.PID, startTime(s.PID))
+		_, _ = state.WriteFile(d.o.Dirs.ProxyPIDPath(d.pl.Name), []byte(rec), 0o644)
+	}
+	d.publish()
+}
+
+// credential resolves the user the proxy runs as; "" or our own user: nil.
+func credential(name string) (*syscall.Credential, error) {
+	if name == "" {
+		return nil, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if uid == os.Geteuid() {
+		return nil, nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("running the proxy as %s needs meshx-proxy to run as root", name)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+func (d *daemon) proxyUID() int {
+	if d.pl.Proxy.User == "" {
+		return os.Geteuid()
+	}
+	if u, err := user.Lookup(d.pl.Proxy.User); err == nil {
+		n, _ := strconv.Atoi(u.Uid)
+		return n
+	}
+	return os.Geteuid()
+}
+
+// probe computes the service's health from the parts traffic needs.
+func (d *daemon) probe(ctx context.Context) ttl.Health {
+	crit := func(format string, a ...any) ttl.Health {
+		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}
+	}
+	if d.sup != nil {
+		s := d.sup.Status()
+		if s.State != supervisor.StateRunning {
+			return crit("proxy not running (%s, %d restarts; last exit: %s)", s.State, s.Restarts, orNone(s.LastExit))
+		}
+		port, err := d.publicPort(ctx)
+		if err != nil {
+			return crit("sidecar %s: %v", d.pl.SidecarID, err)
+		}
+		if err := dial(ctx, "127.0.0.1", port); err != nil {
+			return crit("proxy not accepting on port %d: %v", port, err)
+		}
+		for _, u := range d.pl.Upstreams {
+			if err := dial(ctx, u.Address, u.Port); err != nil {
+				return crit("upstream %s listener %s:%d not accepting: %v", u.Name, u.Address, u.Port, err)
+			}
+		}
+	}
+	if d.pl.Probe == "tcp" {
+		if err := dial(ctx, d.pl.Address, d.pl.Port); err != nil {
+			return crit("app not reachable at %s:%d: %v", d.pl.Address, d.pl.Port, err)
+		}
+		return ttl.Health{Status: api.HealthPassing, Output: fmt.Sprintf("proxy running, app reachable at %s:%d", d.pl.Address, d.pl.Port)}
+	}
+	return ttl.Health{Status: api.HealthPassing, Output: "proxy running"}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// publicPort is the sidecar's public (mTLS) port as the agent assigned it.
+func (d *daemon) publicPort(ctx context.Context) (int, error) {
+	d.mu.Lock()
+	p := d.sidecarPort
+	d.mu.Unlock()
+	if p != 0 {
+		return p, nil
+	}
+	s, _, err := d.cl.Agent().Service(d.pl.SidecarID, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	d.sidecarPort = s.Port
+	d.mu.Unlock()
+	return s.Port, nil
+}
+
+func dial(ctx context.Context, host string, port int) error {
+	if host == "" || host == "0.0.0.0" {
+		host = "127.0.0.1"
+	}
+	c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			return oe.Err
+		}
+		return err
+	}
+	return c.Close()
+}
+
+// KillStaleProxy ends a proxy a killed meshx-proxy left behind (crash-only
+// start and ExecStopPost): the pid recorded at its start, if it still runs the
+// same program, gets SIGTERM then SIGKILL on its process group.
+func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
+	path := dirs.ProxyPIDPath(service)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	defer os.Remove(path)
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return
+	}
+	pid, err := strconv.Atoi(f[0])
+	// The recorded start time guards against a reused pid.
+	if err != nil || pid <= 1 || startTime(pid) != f[1] {
+		return
+	}
+	log.Warn("stopping a proxy left by a previous meshx-proxy", "proxy_pid", pid)
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	for i := 0; i < 50 && alive(pid); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if alive(pid) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+// startTime is a process's start time in clock ticks since boot ("" if gone).
+func startTime(pid int) string {
+	f := statFields(pid)
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19] // field 22 of /proc/PID/stat; f starts at field 3
+}
+
+// statFields returns /proc/PID/stat's fields after the command name.
+func statFields(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+}
+
+// alive: the process exists and is not a zombie.
+func alive(pid int) bool {
+	f := statFields(pid)
+	return len(f) > 0 && f[0] != "Z"
+}

@@ -1,0 +1,379 @@
+// Package sidecar is meshx-proxy: it keeps one service in the mesh. It makes
+// sure the registration is in the agent, supervises the proxy process, installs
+// transparent-proxy rules once the proxy accepts, heartbeats the TTL check from
+// real health (proxy alive, listeners accepting, app reachable), says READY only
+// when traffic can flow, and on stop undoes all of it in reverse.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/register"
+	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/supervisor"
+	"github.com/meshx/meshx/internal/systemd"
+	"github.com/meshx/meshx/internal/ttl"
+)
+
+// Redirector installs and removes the host's transparent-proxy rules.
+type Redirector interface {
+	Apply(ctx context.Context, t *config.Transparent, inboundPort, proxyUID int) error
+	Remove(ctx context.Context) error
+}
+
+// Options configure Run. Required: Dirs, Global, Service.
+type Options struct {
+	Dirs    state.Dirs
+	Global  *config.Global
+	Service string
+	Logger  *slog.Logger // nil: discard
+	// Notify sends sd_notify states ("READY=1", "STATUS=...", "WATCHDOG=1",
+	// "STOPPING=1"). nil: none.
+	Notify func(state string)
+	// Redirector programs transparent-proxy rules; required only when the
+	// service enables transparent proxy.
+	Redirector Redirector
+	// StopTimeout bounds each shutdown step; 0 = 5s.
+	StopTimeout time.Duration
+	// ProxyStopTimeout is the proxy's SIGTERM grace period; 0 = 10s.
+	ProxyStopTimeout time.Duration
+	// Reload, when it yields, makes meshx-proxy re-read its plan (SIGHUP):
+	// registration and upstreams are updated, the proxy restarted only if its
+	// command changed.
+	Reload <-chan struct{}
+}
+
+// ErrConfig marks problems that restarting will not fix (exit code 2).
+var ErrConfig = errors.New("configuration")
+
+type daemon struct {
+	o        Options
+	log      *slog.Logger
+	pl       *plan.Plan
+	cl       *api.Client
+	reg      *register.Registrar
+	sup      *supervisor.Supervisor
+	supErr   chan error         // the running supervisor's result
+	supStop  context.CancelFunc // stops the running supervisor
+	progress atomic.Int64       // unix nanos of the main loop's last step
+
+	mu          sync.Mutex
+	st          state.Status
+	sidecarPort int
+	rulesIn     bool
+}
+
+// Run runs meshx-proxy for one service until ctx ends (then cleans up and
+// returns nil) or a failure that needs a restart.
+func Run(ctx context.Context, o Options) error {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Notify == nil {
+		o.Notify = func(string) {}
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = 5 * time.Second
+	}
+	pl, err := o.Dirs.LoadPlan(o.Service)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
+	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), Health: api.HealthCritical, Since: time.Now()}
+	if pl.Transparent != nil && o.Redirector == nil {
+		return fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
+	}
+	d.cl, err = register.NewClient(o.Global.Consul)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	d.reg = &register.Registrar{Agent: d.cl.Agent(), Hostname: pl.Registration.Meta[plan.MetaHost]}
+	return d.run(ctx)
+}
+
+func (d *daemon) status(s string) {
+	d.log.Info(s)
+	d.o.Notify("STATUS=" + s)
+}
+
+func (d *daemon) touch() { d.progress.Store(time.Now().UnixNano()) }
+
+func (d *daemon) run(ctx context.Context) error {
+	d.touch()
+	stopWatchdog := d.startWatchdog()
+	defer stopWatchdog()
+	KillStaleProxy(d.o.Dirs, d.pl.Name, d.log)
+	if d.pl.Transparent != nil {
+		// Crash-only: rules a killed meshx-proxy left are replaced once the
+		// proxy accepts again; until then nothing is redirected into a dead port.
+		if err := d.o.Redirector.Remove(ctx); err != nil {
+			d.log.Warn("remove stale transparent-proxy rules", "err", err)
+		}
+	}
+	addr := register.Address(d.o.Global.Consul)
+	d.status("waiting for the consul agent at " + addr)
+	if err := d.waitAgent(ctx, addr); err != nil {
+		return d.exit(ctx, err)
+	}
+	d.status("registering " + d.pl.ID)
+	res, err := d.reg.Ensure(ctx, d.pl, api.HealthCritical, false)
+	if err != nil {
+		return d.exit(ctx, err)
+	}
+	d.log.Info("registration", "result", string(res))
+	if err := d.startProxy(ctx); err != nil {
+		return d.exit(ctx, err)
+	}
+	defer d.stopProxy()
+	hb, err := ttl.New(ttl.Options{Agent: d.cl.Agent(), CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
+		Probe: d.probe, Logger: d.log, OnBeat: d.onBeat,
+		Reregister: func(ctx context.Context, status string) error {
+			_, err := d.reg.Ensure(ctx, d.pl, status, false)
+			return err
+		}})
+	if err != nil {
+		return d.exit(ctx, err)
+	}
+	loopErr := d.loop(ctx, hb)
+	return d.shutdown(loopErr)
+}
+
+// startProxy starts supervising the plan's proxy command (none for mode none).
+func (d *daemon) startProxy(ctx context.Context) error {
+	d.supErr = make(chan error, 1)
+	if len(d.pl.Proxy.Argv) == 0 {
+		d.sup = nil
+		return nil
+	}
+	sup, err := d.newSupervisor()
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.sup, d.supStop = sup, cancel
+	d.status("starting proxy")
+	go func() { d.supErr <- sup.Run(sctx) }()
+	return nil
+}
+
+// stopProxy stops the proxy (SIGTERM, then SIGKILL after the timeout) and
+// waits for the supervisor to finish; a no-op when none runs.
+func (d *daemon) stopProxy() {
+	if d.sup == nil {
+		return
+	}
+	d.supStop()
+	if err := <-d.supErr; err != nil && !errors.Is(err, context.Canceled) {
+		d.log.Warn("proxy stop", "err", err)
+	}
+	d.sup = nil
+}
+
+// reload re-reads the plan meshx-init rendered (after a config change or
+// connect/disconnect).
+func (d *daemon) reload(ctx context.Context) {
+	pl, err := d.o.Dirs.LoadPlan(d.o.Service)
+	if err != nil {
+		d.log.Error("reload plan", "err", err)
+		return
+	}
+	old := d.pl
+	d.pl = pl
+	d.mu.Lock()
+	d.sidecarPort = 0
+	d.mu.Unlock()
+	d.log.Info("plan reloaded", "upstreams", len(pl.Upstreams))
+	if _, err := d.reg.Ensure(ctx, pl, "", false); err != nil {
+		d.log.Error("register after reload", "err", err)
+	}
+	if !slices.Equal(old.Proxy.Argv, pl.Proxy.Argv) || old.Proxy.User != pl.Proxy.User {
+		d.log.Info("proxy command changed; restarting the proxy")
+		d.stopProxy()
+		if err := d.startProxy(ctx); err != nil {
+			d.log.Error("start proxy", "err", err)
+		}
+	}
+}
+
+func (d *daemon) waitAgent(ctx context.Context, addr string) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := register.WaitAgent(wctx, d.cl, addr, 30*time.Second, d.log)
+		cancel()
+		d.touch()
+		if err == nil || ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// loop heartbeats until ctx ends or the proxy gives up: fast (every 250ms)
+// until ready, then every Interval.
+func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
+	fast := 250 * time.Millisecond
+	t := time.NewTimer(0)
+	defer t.Stop()
+	alive := time.NewTicker(time.Second) // keeps progress fresh between slow beats
+	defer alive.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-alive.C:
+			d.touch()
+			continue
+		case <-d.o.Reload:
+			d.reload(ctx)
+			continue
+		case err := <-d.supErr:
+			d.sup = nil
+			if err == nil {
+				err = errors.New("proxy exited")
+			}
+			return fmt.Errorf("proxy: %w", err)
+		case <-t.C:
+		}
+		d.touch()
+		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		hl, err := hb.Beat(bctx)
+		cancel()
+		d.maybeReady(ctx, hl, err)
+		next := time.Duration(d.pl.Interval)
+		if !d.isReady() && next > fast {
+			next = fast
+		}
+		t.Reset(next)
+	}
+}
+
+func (d *daemon) isReady() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.st.Ready
+}
+
+// maybeReady says READY=1 the first time the check was written passing, after
+// installing transparent-proxy rules (the proxy accepts by then: passing
+// requires it).
+func (d *daemon) maybeReady(ctx context.Context, hl ttl.Health, err error) {
+	if d.isReady() || err != nil || hl.Status != api.HealthPassing {
+		return
+	}
+	if d.pl.Transparent != nil && !d.rulesIn {
+		if err := d.o.Redirector.Apply(ctx, d.pl.Transparent, d.sidecarPort, d.proxyUID()); err != nil {
+			d.log.Error("install transparent-proxy rules", "err", err)
+			return
+		}
+		d.rulesIn = true
+		d.log.Info("transparent-proxy rules installed", "inbound_port", d.sidecarPort)
+	}
+	d.mu.Lock()
+	d.st.Ready = true
+	d.mu.Unlock()
+	d.publish()
+	d.o.Notify("READY=1")
+	d.status("ready: " + hl.Output)
+}
+
+func (d *daemon) onBeat(hl ttl.Health, err error) {
+	d.mu.Lock()
+	changed := d.st.Health != hl.Status || d.st.Output != hl.Output
+	d.st.Health, d.st.Output = hl.Status, hl.Output
+	if err != nil {
+		d.st.Output = hl.Output + " (not written: " + err.Error() + ")"
+	}
+	d.mu.Unlock()
+	if changed {
+		d.publish()
+		if d.isReady() {
+			d.o.Notify("STATUS=" + hl.Status + ": " + hl.Output)
+		}
+	}
+}
+
+func (d *daemon) publish() {
+	d.mu.Lock()
+	s := d.st
+	d.mu.Unlock()
+	if err := d.o.Dirs.SaveStatus(s); err != nil {
+		d.log.Warn("publish status", "err", err)
+	}
+}
+
+// exit handles a failure before the main loop: nothing to undo but rules.
+func (d *daemon) exit(ctx context.Context, err error) error {
+	if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+		d.o.Dirs.RemoveStatus(d.pl.Name)
+		return nil
+	}
+	return err
+}
+
+// shutdown undoes start in reverse: check critical, proxy stopped, rules
+// removed, deregistered. When the proxy gave up (loopErr != nil) the
+// registration stays, critical, for the restarted unit to pick up.
+func (d *daemon) shutdown(loopErr error) error {
+	d.o.Notify("STOPPING=1")
+	d.status("stopping")
+	step := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), d.o.StopTimeout)
+	}
+	why := "meshx-proxy stopping"
+	if loopErr != nil {
+		why = "meshx-proxy failed: " + loopErr.Error()
+	}
+	ctx, cancel := step()
+	if err := ttl.Set(ctx, d.cl.Agent(), d.pl.CheckID, ttl.Health{Status: api.HealthCritical, Output: why}); err != nil {
+		d.log.Warn("set check critical", "err", err)
+	}
+	cancel()
+	d.stopProxy()
+	if d.pl.Transparent != nil {
+		ctx, cancel := step()
+		if err := d.o.Redirector.Remove(ctx); err != nil {
+			d.log.Error("remove transparent-proxy rules", "err", err)
+		}
+		cancel()
+	}
+	if loopErr == nil {
+		ctx, cancel := step()
+		if err := d.reg.Deregister(ctx, d.pl.ID, d.pl.SidecarID); err != nil {
+			d.log.Error("deregister", "err", err)
+		} else {
+			d.log.Info("deregistered", "id", d.pl.ID)
+		}
+		cancel()
+	}
+	d.o.Dirs.RemoveStatus(d.pl.Name)
+	return loopErr
+}
+
+// startWatchdog pings systemd's watchdog (when the unit has one) only while
+// the main loop makes progress: a wedged loop lets systemd restart the unit.
+func (d *daemon) startWatchdog() func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	limit := 3 * time.Second
+	if w := systemd.WatchdogInterval(); w > limit {
+		limit = w
+	}
+	go systemd.RunWatchdog(ctx, func() error {
+		if since := time.Since(time.Unix(0, d.progress.Load())); since > limit {
+			return fmt.Errorf("main loop stalled for %s", since.Round(time.Second))
+		}
+		return nil
+	}, d.log)
+	return cancel
+}

@@ -30,6 +30,7 @@ func foreground(ctx context.Context, env Env, plans []*plan.Plan, o RunOptions) 
 		sup, err := supervisor.New(supervisor.Options{
 			Name: "meshx-proxy " + pl.Name, Argv: argv, Logger: env.Log.With("service", pl.Name),
 			MaxRestarts: -1, StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
+			Output: os.Stderr, // meshx-proxy logs structured lines of its own
 		})
 		if err != nil {
 			return err

@@ -78,6 +78,12 @@ type Options struct {
 	// DefaultStableAfter.
 	StableAfter time.Duration
 
+	// Output, when not nil, receives the child's stdout and stderr lines as
+	// they are, instead of logging them through Logger: for a child that
+	// writes structured logs of its own (meshx-init --foreground runs
+	// meshx-proxy children this way). Nil means log them.
+	Output io.Writer
+
 	// RestartOnSuccess restarts a child that exited with status 0. False
 	// means such an exit ends Run with a nil error.
 	RestartOnSuccess bool

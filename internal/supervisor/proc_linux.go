@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -40,7 +41,7 @@ type proc struct {
 // startProc starts cmd in its own process group with Pdeathsig=SIGKILL and
 // logs its output through log. The child is started, and later reaped, by
 // one goroutine locked to its OS thread; see reap.
-func startProc(cmd *exec.Cmd, log *slog.Logger) (*proc, error) {
+func startProc(cmd *exec.Cmd, log *slog.Logger, raw io.Writer) (*proc, error) {
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdout pipe: %w", err)
@@ -54,7 +55,7 @@ func startProc(cmd *exec.Cmd, log *slog.Logger) (*proc, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW
 	p := &proc{exit: make(chan exitInfo, 1)}
 	started := make(chan error, 1)
-	go p.reap(cmd, pipes{outR, errR}, pipes{outW, errW}, log, started)
+	go p.reap(cmd, pipes{outR, errR}, pipes{outW, errW}, log, raw, started)
 	if err := <-started; err != nil {
 		return nil, err
 	}
@@ -78,7 +79,7 @@ func (p pipes) close() {
 // no other goroutine can run on, or end, that thread meanwhile, and the
 // thread only dies with the whole process, which is when Pdeathsig should
 // fire.
-func (p *proc) reap(cmd *exec.Cmd, r, w pipes, log *slog.Logger, started chan<- error) {
+func (p *proc) reap(cmd *exec.Cmd, r, w pipes, log *slog.Logger, raw io.Writer, started chan<- error) {
 	runtime.LockOSThread()
 	err := cmd.Start()
 	w.close() // the child holds its own copies
@@ -92,8 +93,8 @@ func (p *proc) reap(cmd *exec.Cmd, r, w pipes, log *slog.Logger, started chan<- 
 	begin := time.Now()
 	out := log.With("pid", p.pid)
 	var readers sync.WaitGroup
-	readers.Go(func() { logOutput(r.stdout, out, slog.LevelInfo, "stdout") })
-	readers.Go(func() { logOutput(r.stderr, out, slog.LevelWarn, "stderr") })
+	readers.Go(func() { logOutput(r.stdout, out, slog.LevelInfo, "stdout", raw) })
+	readers.Go(func() { logOutput(r.stderr, out, slog.LevelWarn, "stderr", raw) })
 	started <- nil
 
 	// Wait for the exit without reaping, so the process group still exists
@@ -146,9 +147,19 @@ func drain(readers *sync.WaitGroup, r pipes) {
 	r.close()
 }
 
-func logOutput(f *os.File, log *slog.Logger, level slog.Level, stream string) {
+// rawMu keeps lines of different children whole on a shared Output.
+var rawMu sync.Mutex
+
+func logOutput(f *os.File, log *slog.Logger, level slog.Level, stream string, raw io.Writer) {
 	ctx := context.Background()
 	readLines(f, maxLine, func(line []byte, truncated bool) {
+		if raw != nil {
+			rawMu.Lock()
+			_, _ = raw.Write(line)
+			_, _ = raw.Write([]byte{'\n'})
+			rawMu.Unlock()
+			return
+		}
 		if truncated {
 			log.Log(ctx, level, string(line), "stream", stream, "truncated", true)
 			return

@@ -523,3 +523,39 @@ func sigkillPending(t *testing.T, pid int) bool {
 	}
 	return false
 }
+
+// syncBuffer is a bytes.Buffer safe for the two output readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestOutputPassedThroughRaw(t *testing.T) {
+	var out syncBuffer
+	h := runSupervisor(t, Options{Name: "raw", Output: &out,
+		Argv: []string{"/bin/sh", "-c", `echo 'level=INFO msg="from child"'; echo err-line >&2`}})
+	if err := h.wait(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{"level=INFO msg=\"from child\"\n", "err-line\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Output = %q, want it to hold %q as is", got, want)
+		}
+	}
+	if n := len(h.logs.stdout()); n != 0 {
+		t.Errorf("%d stdout lines also went to the logger, want none", n)
+	}
+}

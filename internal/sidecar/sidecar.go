@@ -182,6 +182,19 @@ func (d *daemon) stopProxy() {
 	d.sup = nil
 }
 
+func upstreamRemoved(old, cur *plan.Plan) bool {
+	have := map[string]bool{}
+	for _, u := range cur.Upstreams {
+		have[u.Key] = true
+	}
+	for _, u := range old.Upstreams {
+		if !have[u.Key] {
+			return true
+		}
+	}
+	return false
+}
+
 // reload re-reads the plan meshx-init rendered (after a config change or
 // connect/disconnect).
 func (d *daemon) reload(ctx context.Context) {
@@ -199,12 +212,19 @@ func (d *daemon) reload(ctx context.Context) {
 	if _, err := d.reg.Ensure(ctx, pl, "", false); err != nil {
 		d.log.Error("register after reload", "err", err)
 	}
-	if !slices.Equal(old.Proxy.Argv, pl.Proxy.Argv) || old.Proxy.User != pl.Proxy.User {
+	switch {
+	case !slices.Equal(old.Proxy.Argv, pl.Proxy.Argv) || old.Proxy.User != pl.Proxy.User:
 		d.log.Info("proxy command changed; restarting the proxy")
-		d.stopProxy()
-		if err := d.startProxy(ctx); err != nil {
-			d.log.Error("start proxy", "err", err)
-		}
+	case upstreamRemoved(old, pl):
+		// Consul's built-in proxy adds listeners for new upstreams on the fly
+		// but never closes those of removed ones: a restart does.
+		d.log.Info("an upstream was removed; restarting the proxy to close its listener")
+	default:
+		return
+	}
+	d.stopProxy()
+	if err := d.startProxy(ctx); err != nil {
+		d.log.Error("start proxy", "err", err)
 	}
 }
 

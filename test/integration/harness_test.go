@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 
 // host is one meshx installation: its dirs and its agent.
 type host struct {
-	t      *testing.T
+	t      testing.TB
 	dirs   state.Dirs
 	consul *testutil.Consul
 	name   string
@@ -58,7 +58,7 @@ var rangeBase = 20000
 
 // newHost makes config/state/runtime dirs and a meshx.yaml for the agent c,
 // with a port range of its own (50 ports).
-func newHost(t *testing.T, c *testutil.Consul, extraGlobal string) *host {
+func newHost(t testing.TB, c *testutil.Consul, extraGlobal string) *host {
 	t.Helper()
 	root := t.TempDir()
 	h := &host{t: t, consul: c, name: "testhost",
@@ -165,7 +165,7 @@ func (h *host) foreground() *fg {
 }
 
 // stop sends SIGINT and waits (30s) for meshx-init and all its children.
-func (f *fg) stop(t *testing.T) {
+func (f *fg) stop(t testing.TB) {
 	t.Helper()
 	select {
 	case <-f.done:
@@ -246,7 +246,7 @@ func (h *host) status(name string) state.Status {
 }
 
 // app is a real HTTP server standing in for a service's application.
-func startApp(t *testing.T, body string) int {
+func startApp(t testing.TB, body string) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -275,7 +275,7 @@ func get(port int) (string, error) {
 	return string(b), err
 }
 
-func waitBody(t *testing.T, timeout time.Duration, port int, want string) {
+func waitBody(t testing.TB, timeout time.Duration, port int, want string) {
 	t.Helper()
 	testutil.Eventually(t, timeout, func() error {
 		got, err := get(port)

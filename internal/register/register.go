@@ -41,28 +41,38 @@ func (r *Registrar) Owned(s *api.AgentService) bool {
 // check. force takes over a service meshx does not own.
 func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, force bool) (Result, error) {
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	svcs, err := r.Agent.ServicesWithFilterOpts("", q)
+	// Ask for this service, its sidecar and its check only: listing everything
+	// for each of N services would cost O(N^2) at boot.
+	cur, err := r.service(pl.ID, q)
 	if err != nil {
-		return "", fmt.Errorf("list agent services: %w", err)
+		return "", err
 	}
-	cur, exists := svcs[pl.ID]
+	exists := cur != nil
 	if exists && !r.Owned(cur) && !force {
 		return "", fmt.Errorf("register %s: %w (meta %s=%q, %s=%q); use --force to take it over",
 			pl.ID, ErrNotOwned, plan.MetaManaged, cur.Meta[plan.MetaManaged], plan.MetaHost, cur.Meta[plan.MetaHost])
 	}
-	var checks map[string]*api.AgentCheck
+	var check *api.AgentCheck
 	if exists {
-		if checks, err = r.Agent.ChecksWithFilterOpts("", q); err != nil {
-			return "", fmt.Errorf("list agent checks: %w", err)
+		checks, err := r.Agent.ChecksWithFilterOpts(fmt.Sprintf("CheckID == %q", pl.CheckID), q)
+		if err != nil {
+			return "", fmt.Errorf("read check %s: %w", pl.CheckID, err)
 		}
+		check = checks[pl.CheckID]
 	}
-	if exists && r.Owned(cur) && cur.Meta[plan.MetaHash] == pl.Hash && svcs[pl.SidecarID] != nil && checks[pl.CheckID] != nil {
-		return Unchanged, nil
+	if exists && check != nil && r.Owned(cur) && cur.Meta[plan.MetaHash] == pl.Hash {
+		side, err := r.service(pl.SidecarID, q)
+		if err != nil {
+			return "", err
+		}
+		if side != nil {
+			return Unchanged, nil
+		}
 	}
 	if status == "" {
 		status = api.HealthCritical
-		if c := checks[pl.CheckID]; c != nil {
-			status = c.Status
+		if check != nil {
+			status = check.Status
 		}
 	}
 	reg := *pl.Registration
@@ -82,6 +92,18 @@ func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, fo
 		return Updated, nil
 	}
 	return Registered, nil
+}
+
+// service returns the agent's service id, or nil when it has none.
+func (r *Registrar) service(id string, q *api.QueryOptions) (*api.AgentService, error) {
+	s, _, err := r.Agent.Service(id, q)
+	if IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read agent service %s: %w", id, err)
+	}
+	return s, nil
 }
 
 // Deregister removes a service and its sidecar; absent ones are fine.

@@ -47,8 +47,10 @@ var ErrMissingOption = errors.New("ttl: missing required option")
 
 // Heartbeat keeps one TTL check up to date.
 type Heartbeat struct {
-	o    Options
-	last Health
+	o       Options
+	last    Health    // last probed
+	written Health    // last accepted by the agent
+	at      time.Time // when written was accepted
 }
 
 // New checks the options.
@@ -79,6 +81,16 @@ func (h *Heartbeat) Run(ctx context.Context) error {
 // Beat probes once and writes the result, re-registering if the check is lost.
 func (h *Heartbeat) Beat(ctx context.Context) (Health, error) {
 	hl := h.o.Probe(ctx)
+	// Only changes are written at once; an unchanged health is written again
+	// once per Interval, which keeps the TTL alive without loading the agent
+	// when Beat is called more often (meshx-proxy does until it is ready).
+	if hl == h.written && time.Since(h.at) < h.o.Interval*9/10 {
+		h.observe(hl)
+		if h.o.OnBeat != nil {
+			h.o.OnBeat(hl, nil)
+		}
+		return hl, nil
+	}
 	err := h.write(ctx, hl)
 	if err != nil && lost(err) && h.o.Reregister != nil {
 		h.o.Logger.Warn("the agent lost the check; registering again", "check", h.o.CheckID, "err", err)
@@ -88,17 +100,23 @@ func (h *Heartbeat) Beat(ctx context.Context) (Health, error) {
 			err = h.write(ctx, hl)
 		}
 	}
-	if err != nil && ctx.Err() == nil {
+	if err == nil {
+		h.written, h.at = hl, time.Now()
+	} else if ctx.Err() == nil {
 		h.o.Logger.Warn("heartbeat failed", "check", h.o.CheckID, "err", err)
 	}
-	if hl != h.last {
-		h.o.Logger.Info("health changed", "check", h.o.CheckID, "status", hl.Status, "output", hl.Output)
-		h.last = hl
-	}
+	h.observe(hl)
 	if h.o.OnBeat != nil {
 		h.o.OnBeat(hl, err)
 	}
 	return hl, err
+}
+
+func (h *Heartbeat) observe(hl Health) {
+	if hl != h.last {
+		h.o.Logger.Info("health changed", "check", h.o.CheckID, "status", hl.Status, "output", hl.Output)
+		h.last = hl
+	}
 }
 
 func (h *Heartbeat) write(ctx context.Context, hl Health) error {

@@ -24,14 +24,14 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"yaml syntax", "a.yaml", "version: 1\nservice: {name: web\n", `a\.yaml:\d+: .*syntax error`},
 		{"json syntax", "a.json", "{\n  \"name\": \"web\",\n  \"port\": 80,\n}\n", `a\.json:4: JSON syntax error`},
-		{"unknown field", "a.yaml", "version: 1\nservice: {name: web, colour: red}\n", `a\.yaml:2: field colour not found`},
-		{"wrong type", "a.yaml", "version: 1\nservice: {name: web, port: eighty}\n", `a\.yaml:2: cannot unmarshal !!str .eighty. into int`},
+		{"unknown field", "a.yaml", "version: 1\nservice: {name: web, colour: red}\n", `a\.yaml:2: service.colour: unknown field`},
+		{"wrong type", "a.yaml", "version: 1\nservice: {name: web, port: eighty}\n", `a\.yaml:2: service.port: must be a whole number, not the string "eighty"`},
 		{"missing name", "a.yaml", "version: 1\nservice: {port: 8080}\n", `a\.yaml(:\d+)?: service.name: missing`},
 		{"invalid name", "a.yaml", "version: 1\nservice:\n  name: \"web;rm -rf /\"\n", `a\.yaml:3: service.name: invalid name`},
 		{"upper-case name", "a.yaml", "version: 1\nservice:\n  name: Web\n", `a\.yaml:3: service.name: invalid name`},
 		{"port out of range", "a.yaml", "version: 1\nservice:\n  name: web\n  port: 70000\n", `a\.yaml:4: service.port: port 70000 out of range`},
 		{"unknown template variable", "a.yaml", "version: 1\nservice: {name: web}\nregistration:\n  Meta:\n    owner: \"{{team}}\"\n", `a\.yaml:5: registration.Meta.owner: unknown template variable \{\{team\}\}`},
-		{"empty file", "a.yaml", "", `a\.yaml: file is empty`},
+		{"empty file", "a.yaml", "", `a\.yaml:1: file is empty`},
 		{"annotation upstream without port", "a.json", `{"annotations": {"consul.hashicorp.com/connect-service": "web", "consul.hashicorp.com/connect-service-upstreams": "db"}}`, `a\.json:1: annotations.consul.hashicorp.com/connect-service-upstreams: upstream 1 .*missing local port`},
 		{"annotation bool", "a.json", "{\"annotations\": {\n\"consul.hashicorp.com/connect-service\": \"web\",\n\"consul.hashicorp.com/transparent-proxy\": \"nope\"}}", `a\.json:3: annotations.consul.hashicorp.com/transparent-proxy: must be "true" or "false"`},
 	}

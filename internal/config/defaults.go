@@ -11,7 +11,6 @@ const (
 	DefaultTTL          = 10 * time.Second
 	DefaultMaxRestarts  = 5
 	DefaultOutboundPort = 15001
-	unsetInt            = -2 // MaxRestarts not written in the file
 )
 
 // DefaultDNS is Consul's DNS interface on a default agent.
@@ -20,8 +19,10 @@ var DefaultDNS = netip.MustParseAddrPort("127.0.0.1:8600")
 // Defaults are a host's defaults for every service (meshx.yaml `defaults:`);
 // a service-config's own value wins over them, and they win over built-ins.
 type Defaults struct {
-	Check        Check
-	ProxyMode    string
+	Check     Check  // zero fields: the built-in defaults
+	ProxyMode string // "" = ModeConnect
+	// Registration is a structured template merged over the built-in default
+	// registration, under each service's own `registration:` (plan does it).
 	Registration map[string]any
 }
 
@@ -44,7 +45,7 @@ func (s *Service) setDefaults(d Defaults) {
 	if s.Proxy.Mode == "" {
 		s.Proxy.Mode = firstString(d.ProxyMode, ModeConnect)
 	}
-	if s.Proxy.MaxRestarts == unsetInt {
+	if !s.maxRestartsSet {
 		s.Proxy.MaxRestarts = DefaultMaxRestarts
 	}
 	for i := range s.Upstreams {
@@ -59,9 +60,6 @@ func (s *Service) setDefaults(d Defaults) {
 		if t.DNS != nil && !t.DNS.Address.IsValid() {
 			t.DNS.Address = DefaultDNS
 		}
-	}
-	if s.Registration == nil && d.Registration != nil {
-		s.Registration = d.Registration
 	}
 }
 

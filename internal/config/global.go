@@ -1,8 +1,10 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -21,6 +23,8 @@ type Global struct {
 	ProxyUser string // user the proxy runs as; "" = the user meshx-proxy runs as
 	Hostname  string // "" = os.Hostname()
 	Defaults  Defaults
+
+	fields locs // where the file wrote each field
 }
 
 // Consul is how meshx reaches the local agent. Empty fields fall back to the
@@ -89,23 +93,27 @@ func LoadGlobal(path string) (*Global, error) {
 	return ParseGlobal(path, data)
 }
 
-// ParseGlobal decodes and validates a meshx.yaml.
+// ParseGlobal decodes and validates a meshx.yaml; an empty file means all
+// defaults. Like Parse, it reports every problem at once, each located.
 func ParseGlobal(path string, data []byte) (*Global, error) {
 	p := &Problems{file: path}
-	g := &Global{File: path}
-	if len(strings.TrimSpace(string(data))) == 0 {
+	g := &Global{File: path, fields: locs{}}
+	if len(bytes.TrimSpace(data)) == 0 {
 		g.setDefaults()
 		return g, nil
 	}
 	root := parseFile(path, data, p)
-	var r rawGlobal
-	if root == nil || !decodeStrict(data, &r, p) {
+	if root == nil {
 		return nil, p.Err()
 	}
-	lines := map[string]Loc{}
-	walkLines(root, "", lines)
-	at := func(field, format string, args ...any) { p.add(lines[field].Line, field, format, args...) }
-	if r.Version != CurrentVersion {
+	var r rawGlobal
+	decodeStrict(data, &r, indexDoc(root), p) // on problems, r holds what did decode
+	walkLines(root, "", g.fields)
+	at := func(field, format string, args ...any) { p.at(g.Loc(field), format, args...) }
+	switch _, v := lookup(root, "version"); {
+	case v == nil || v.ShortTag() == "!!null":
+		at("version", "missing: write \"version: %d\" at the top of the file", CurrentVersion)
+	case v.ShortTag() == "!!int" && r.Version != CurrentVersion:
 		at("version", "unsupported version %d (this meshx reads version %d)", r.Version, CurrentVersion)
 	}
 	c := r.Consul
@@ -116,7 +124,12 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 			at("consul.address", "%v", err)
 		}
 	}
-	g.Consul.Wait = parseDur(c.Wait, func(err error) { at("consul.wait", "%v", err) })
+	if c.GRPCAddress != "" {
+		if err := checkGRPCAddress(c.GRPCAddress); err != nil {
+			at("consul.grpc_address", "%v", err)
+		}
+	}
+	g.Consul.Wait = parseDur(c.Wait, func(msg string) { at("consul.wait", "%s", msg) })
 	if r.Ports.IP != "" {
 		ip, err := netip.ParseAddr(r.Ports.IP)
 		if err != nil {
@@ -135,10 +148,16 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 	if g.ProxyUser != "" && !userRE.MatchString(g.ProxyUser) {
 		at("proxy_user", "invalid user name %q", g.ProxyUser)
 	}
+	if g.Hostname != "" && !hostnameRE.MatchString(g.Hostname) {
+		at("hostname", "invalid hostname %q: use letters, digits, '.' and '-'", g.Hostname)
+	}
 	d := r.Defaults
 	g.Defaults = Defaults{ProxyMode: d.Proxy.Mode, Registration: d.Registration, Check: Check{Probe: d.Check.Probe,
-		TTL:      parseDur(d.Check.TTL, func(err error) { at("defaults.check.ttl", "%v", err) }),
-		Interval: parseDur(d.Check.Interval, func(err error) { at("defaults.check.interval", "%v", err) })}}
+		TTL:      parseDur(d.Check.TTL, func(msg string) { at("defaults.check.ttl", "%s", msg) }),
+		Interval: parseDur(d.Check.Interval, func(msg string) { at("defaults.check.interval", "%s", msg) })}}
+	if t := g.Defaults.Check.TTL; t != 0 && t < time.Second {
+		at("defaults.check.ttl", "ttl %s is too short (at least 1s)", t)
+	}
 	switch d.Proxy.Mode {
 	case "", ModeConnect, ModeEnvoy, ModeNone:
 	default:
@@ -149,14 +168,39 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 	default:
 		at("defaults.check.probe", "unknown probe %q (tcp or none)", d.Check.Probe)
 	}
+	checkTemplate(d.Registration, "defaults.registration", func(field, msg string) { at(field, "%s", msg) })
 	g.setDefaults()
 	if err := g.Ports.Validate(); err != nil {
-		at("ports.range", "%v", err)
+		for _, e := range unjoin(err) {
+			at("ports.range", "%v", e)
+		}
 	}
 	if err := p.Err(); err != nil {
 		return nil, err
 	}
 	return g, nil
+}
+
+// Loc returns where meshx.yaml wrote a field (see Service.Loc).
+func (g *Global) Loc(field string) Loc { return g.fields.loc(field) }
+
+// Problem returns a located problem of meshx.yaml, for checks made later
+// (such as rendering its default registration template).
+func (g *Global) Problem(field, format string, args ...any) error {
+	p := &Problems{file: g.File}
+	if p.file == "" {
+		p.file = "meshx.yaml"
+	}
+	p.at(g.Loc(field), format, args...)
+	return p.Err()
+}
+
+// unjoin splits an errors.Join result into its errors.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func (g *Global) setDefaults() {
@@ -174,13 +218,18 @@ func (g *Global) setDefaults() {
 	}
 }
 
-func parseDur(v string, bad func(error)) time.Duration {
+func parseDur(v string, bad func(msg string)) time.Duration {
 	if v == "" {
 		return 0
 	}
 	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		bad(errors.New("not a duration (like 10s or 2m): " + strconv.Quote(v)))
+	switch {
+	case err != nil:
+		bad("not a duration (like 10s or 2m): " + strconv.Quote(v))
+		return 0
+	case d <= 0:
+		bad("must be positive, not " + strconv.Quote(v))
+		return 0
 	}
 	return d
 }
@@ -197,6 +246,9 @@ func parseRange(v string) (int, int, error) {
 
 // checkAddress accepts http://, https:// and unix:// agent addresses.
 func checkAddress(a string) error {
+	if !strings.Contains(a, "://") {
+		return errors.New("address must start with http://, https:// or unix://, not " + strconv.Quote(a))
+	}
 	u, err := url.Parse(a)
 	if err != nil {
 		return errors.New("not a URL: " + strconv.Quote(a))
@@ -207,11 +259,23 @@ func checkAddress(a string) error {
 			return errors.New("missing host:port in " + strconv.Quote(a))
 		}
 	case "unix":
-		if u.Path == "" {
-			return errors.New("missing socket path in " + strconv.Quote(a) + " (write unix:///run/consul/http.sock)")
+		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+			return errors.New("write the socket's absolute path after unix:// (like unix:///run/consul/http.sock), not " + strconv.Quote(a))
 		}
 	default:
 		return errors.New("address must start with http://, https:// or unix://, not " + strconv.Quote(a))
+	}
+	return nil
+}
+
+// checkGRPCAddress accepts what `consul connect envoy -grpc-addr` does: an
+// http://, https:// or unix:// URL, or host:port.
+func checkGRPCAddress(a string) error {
+	if strings.Contains(a, "://") {
+		return checkAddress(a)
+	}
+	if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+		return errors.New("write host:port or a URL (like http://127.0.0.1:8502), not " + strconv.Quote(a))
 	}
 	return nil
 }

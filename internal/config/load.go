@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -54,10 +55,10 @@ func LoadServices(dir string, d Defaults) (*Set, error) {
 		return nil, fmt.Errorf("read service-configs: %w", err)
 	}
 	for _, e := range entries {
-		if e.IsDir() || !IsServiceFile(e.Name()) {
+		path := filepath.Join(dir, e.Name())
+		if !IsServiceFile(e.Name()) || !regular(path, e) {
 			continue
 		}
-		path := filepath.Join(dir, e.Name())
 		s, err := ReadFile(path, d)
 		if err != nil {
 			set.Broken[path] = err
@@ -69,37 +70,39 @@ func LoadServices(dir string, d Defaults) (*Set, error) {
 	return set, nil
 }
 
-// checkNames moves every service whose name another file also uses to Broken:
-// the name is the systemd instance, so it must be unique on the host.
-func (s *Set) checkNames() {
-	byName := map[string][]*Service{}
-	for _, svc := range s.Services {
-		byName[svc.Name] = append(byName[svc.Name], svc)
+// regular reports whether a directory entry is (or links to) a regular file:
+// directories are skipped, and reading a FIFO would block.
+func regular(path string, e fs.DirEntry) bool {
+	if e.Type().IsRegular() {
+		return true
 	}
-	keep := s.Services[:0]
-	for _, svc := range s.Services {
-		if dups := byName[svc.Name]; len(dups) > 1 {
-			var others []string
-			for _, o := range dups {
-				if o != svc {
-					others = append(others, o.File)
-				}
-			}
-			l := svc.Loc("service.name")
-			s.Broken[svc.File] = &invalidError{errs: []error{&Error{File: svc.File, Line: l.Line, Field: l.Name,
-				Msg: fmt.Sprintf("service name %q is also used by %s", svc.Name, strings.Join(others, ", "))}}}
+	if e.Type()&fs.ModeSymlink == 0 {
+		return false
+	}
+	fi, err := os.Stat(path)
+	return err != nil || fi.Mode().IsRegular() // a dangling link is reported when read
+}
+
+// checkNames moves every service whose name an earlier file (by file name)
+// already uses to Broken: the name is the systemd instance, so it must be
+// unique on the host, and the service already configured keeps running.
+func (s *Set) checkNames() {
+	first := map[string]*Service{}
+	for _, svc := range slices.Clone(s.Services) {
+		if o, dup := first[svc.Name]; dup {
+			s.Reject(svc, "service.name", "service name %q is also used by %s", svc.Name, o.File)
 			continue
 		}
-		keep = append(keep, svc)
+		first[svc.Name] = svc
 	}
-	s.Services = keep
 }
 
 // Reject moves a service to Broken with a located problem (for checks made
 // after rendering, such as duplicate ids or port clashes).
 func (s *Set) Reject(svc *Service, field, format string, args ...any) {
-	l := svc.Loc(field)
-	var err error = &invalidError{errs: []error{&Error{File: svc.File, Line: l.Line, Field: l.Name, Msg: fmt.Sprintf(format, args...)}}}
+	p := &Problems{file: svc.File}
+	p.at(svc.Loc(field), format, args...)
+	err := p.Err()
 	if prev, ok := s.Broken[svc.File]; ok {
 		err = errors.Join(prev, err)
 	}

@@ -57,16 +57,16 @@ type rawService struct {
 // CurrentVersion is the only service-config version this meshx reads.
 const CurrentVersion = 1
 
-func decodeMeshx(data []byte, root *yaml.Node, p *Problems) *Service {
+func decodeMeshx(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Service {
 	var r rawService
-	if !decodeStrict(data, &r, p) {
-		return nil
-	}
-	s := &Service{Shape: "meshx", fields: map[string]Loc{}}
+	decodeStrict(data, &r, ix, p) // on problems, r holds what did decode
+	s := &Service{Shape: "meshx", fields: locs{}}
 	walkLines(root, "", s.fields)
-	if r.Version != CurrentVersion {
-		l := s.Loc("version")
-		p.add(l.Line, l.Name, "unsupported version %d (this meshx reads version %d)", r.Version, CurrentVersion)
+	switch _, v := lookup(root, "version"); {
+	case v == nil || v.ShortTag() == "!!null":
+		p.at(s.Loc("version"), "missing: write \"version: %d\" at the top of the file", CurrentVersion)
+	case v.ShortTag() == "!!int" && r.Version != CurrentVersion:
+		p.at(s.Loc("version"), "unsupported version %d (this meshx reads version %d)", r.Version, CurrentVersion)
 	}
 	s.Name, s.ID, s.Address, s.Port = r.Service.Name, r.Service.ID, r.Service.Address, r.Service.Port
 	s.Tags, s.Meta = r.Service.Tags, r.Service.Meta
@@ -78,9 +78,9 @@ func decodeMeshx(data []byte, root *yaml.Node, p *Problems) *Service {
 			Namespace: u.Namespace, Port: u.Port, Address: u.Address})
 	}
 	s.Proxy = Proxy{Mode: r.Proxy.Mode, Command: r.Proxy.Command, ExtraArgs: r.Proxy.ExtraArgs,
-		User: r.Proxy.User, PrometheusScrapePath: r.Proxy.PrometheusScrapePath, MaxRestarts: -2}
+		User: r.Proxy.User, PrometheusScrapePath: r.Proxy.PrometheusScrapePath}
 	if r.Proxy.MaxRestarts != nil {
-		s.Proxy.MaxRestarts = *r.Proxy.MaxRestarts
+		s.Proxy.MaxRestarts, s.maxRestartsSet = *r.Proxy.MaxRestarts, true
 	}
 	s.Registration = r.Registration
 	if t := r.TransparentProxy; t != nil && t.Enabled {
@@ -106,8 +106,7 @@ func (s *Service) duration(p *Problems, field, v string) time.Duration {
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil {
-		l := s.Loc(field)
-		p.add(l.Line, l.Name, "not a duration (like 10s or 1m): %q", v)
+		p.at(s.Loc(field), "not a duration (like 10s or 1m): %q", v)
 	}
 	return d
 }
@@ -118,8 +117,7 @@ func (s *Service) prefix(p *Problems, field, v string) netip.Prefix {
 		if a, aerr := netip.ParseAddr(v); aerr == nil {
 			return netip.PrefixFrom(a, a.BitLen())
 		}
-		l := s.Loc(field)
-		p.add(l.Line, l.Name, "not a CIDR (like 10.0.0.0/8): %q", v)
+		p.at(s.Loc(field), "not a CIDR (like 10.0.0.0/8): %q", v)
 	}
 	return pf.Masked()
 }
@@ -127,8 +125,7 @@ func (s *Service) prefix(p *Problems, field, v string) netip.Prefix {
 func (s *Service) addrPort(p *Problems, field, v string) netip.AddrPort {
 	ap, err := netip.ParseAddrPort(v)
 	if err != nil {
-		l := s.Loc(field)
-		p.add(l.Line, l.Name, "not an address:port (like 127.0.0.1:8600): %q", v)
+		p.at(s.Loc(field), "not an address:port (like 127.0.0.1:8600): %q", v)
 	}
 	return ap
 }

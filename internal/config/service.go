@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -39,9 +40,11 @@ type Service struct {
 	Registration map[string]any
 	Transparent  *Transparent // nil = off
 
+	maxRestartsSet bool // the file wrote proxy.max_restarts
+
 	// fields maps a normalized field path ("service.port", "upstreams[0].port")
 	// to where the file wrote it.
-	fields map[string]Loc
+	fields locs
 }
 
 // Loc is where a field was written: its line and its name as written.
@@ -50,12 +53,39 @@ type Loc struct {
 	Name string
 }
 
-// Loc returns the location of a normalized field, falling back to the file.
-func (s *Service) Loc(field string) Loc {
-	if l, ok := s.fields[field]; ok {
+// Loc returns where a normalized field was written. A field the file does not
+// hold (a missing one, or one only a template names) is located at the
+// nearest enclosing field the file does hold, else at the top of the file.
+func (s *Service) Loc(field string) Loc { return s.fields.loc(field) }
+
+// locs maps normalized field paths to where a file wrote them; "" is the
+// top-level mapping.
+type locs map[string]Loc
+
+func (m locs) loc(field string) Loc {
+	if l, ok := m[field]; ok {
 		return l
 	}
-	return Loc{Name: field}
+	for anc := parentField(field); ; anc = parentField(anc) {
+		if l, ok := m[anc]; ok {
+			rest := field[len(anc):]
+			if l.Name == "" {
+				rest = strings.TrimPrefix(rest, ".")
+			}
+			return Loc{Line: l.Line, Name: l.Name + rest}
+		}
+		if anc == "" {
+			return Loc{Name: field}
+		}
+	}
+}
+
+// parentField returns the field holding f: "a.b[0].c" -> "a.b[0]" -> "a.b" -> "a" -> "".
+func parentField(f string) string {
+	if i := strings.LastIndexAny(f, ".["); i >= 0 {
+		return f[:i]
+	}
+	return ""
 }
 
 // Check configures the TTL check and the heartbeat behind it.

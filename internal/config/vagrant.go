@@ -15,17 +15,25 @@ import (
 
 const annotationPrefix = "consul.hashicorp.com/"
 
+// flatFields are the flat shape's own fields and their normalized names.
+var flatFields = map[string]string{"name": "service.name", "id": "service.id", "address": "service.address",
+	"port": "service.port", "tags": "service.tags", "meta": "service.meta"}
+
 // decodeFlat reads the flat-Consul-fields shape: {"name": "web", "port": 8080, ...}.
-func decodeFlat(data []byte, root *yaml.Node, p *Problems) *Service {
-	s := &Service{Shape: "vagrant-flat", fields: map[string]Loc{}, Transparent: &Transparent{}}
-	s.Proxy.Mode, s.Proxy.MaxRestarts = ModeEnvoy, unsetInt
+func decodeFlat(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Service {
+	s := &Service{Shape: "vagrant-flat", fields: locs{}, Transparent: &Transparent{}}
+	s.Proxy.Mode = ModeEnvoy
 	raw := map[string]Loc{}
 	walkLines(root, "", raw)
-	alias := map[string]string{"name": "service.name", "id": "service.id", "address": "service.address",
-		"port": "service.port", "tags": "service.tags", "meta": "service.meta"}
+	// Normalized names map back to what the file wrote: service.port -> port,
+	// service.meta.team -> meta.team; a missing service.name is "name".
+	s.fields[""] = raw[""]
+	s.fields["service"] = Loc{Line: raw[""].Line}
 	for k, l := range raw {
-		if n, ok := alias[k]; ok {
-			s.fields[n] = l
+		top, _, _ := strings.Cut(k, ".")
+		top, _, _ = strings.Cut(top, "[")
+		if n, ok := flatFields[top]; ok {
+			s.fields[n+k[len(top):]] = l
 		}
 	}
 	var v struct {
@@ -50,9 +58,7 @@ func decodeFlat(data []byte, root *yaml.Node, p *Problems) *Service {
 			} `yaml:"sidecar_service"`
 		} `yaml:"connect"`
 	}
-	if !decodeStrict(data, &v, p) {
-		return nil
-	}
+	decodeStrict(data, &v, ix, p) // on problems, v holds what did decode
 	s.Name, s.ID, s.Address, s.Port, s.Tags, s.Meta = v.Name, v.ID, v.Address, v.Port, v.Tags, v.Meta
 	if v.Connect != nil && v.Connect.SidecarService != nil && v.Connect.SidecarService.Proxy != nil {
 		px := v.Connect.SidecarService.Proxy
@@ -61,14 +67,20 @@ func decodeFlat(data []byte, root *yaml.Node, p *Problems) *Service {
 		case "direct":
 			s.Transparent = nil
 		default:
-			l := raw["connect.sidecar_service.proxy.mode"]
-			p.add(l.Line, l.Name, "must be \"transparent\" or \"direct\", not %q", px.Mode)
+			p.at(raw["connect.sidecar_service.proxy.mode"], "must be \"transparent\" or \"direct\", not %q", px.Mode)
 		}
 		for i, u := range px.Upstreams {
 			base := fieldIndex("connect.sidecar_service.proxy.upstreams", i)
-			s.fields[fieldIndex("upstreams", i)] = raw[base]
-			s.fields[fieldIndex("upstreams", i)+".name"] = raw[base+".destination_name"]
-			s.fields[fieldIndex("upstreams", i)+".port"] = raw[base+".local_bind_port"]
+			to := fieldIndex("upstreams", i)
+			s.fields[to] = raw[base]
+			for from, norm := range map[string]string{"destination_name": "name", "destination_type": "type",
+				"datacenter": "datacenter", "local_bind_port": "port", "local_bind_address": "address"} {
+				l, ok := raw[base+"."+from]
+				if !ok {
+					l = Loc{Line: raw[base].Line, Name: base + "." + from}
+				}
+				s.fields[to+"."+norm] = l
+			}
 			s.Upstreams = append(s.Upstreams, Upstream{Name: u.DestinationName, Type: u.DestinationType,
 				Datacenter: u.Datacenter, Port: u.LocalBindPort, Address: u.LocalBindAddr})
 		}
@@ -76,12 +88,10 @@ func decodeFlat(data []byte, root *yaml.Node, p *Problems) *Service {
 	return s
 }
 
-func fieldIndex(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
-
 // decodeAnnotations reads {"annotations": {"consul.hashicorp.com/...": "..."}}.
 func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
-	s := &Service{Shape: "vagrant-annotations", fields: map[string]Loc{}, Transparent: &Transparent{}}
-	s.Proxy.Mode, s.Proxy.MaxRestarts = ModeEnvoy, unsetInt
+	s := &Service{Shape: "vagrant-annotations", fields: locs{}, Transparent: &Transparent{}}
+	s.Proxy.Mode = ModeEnvoy
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		if k := root.Content[i]; k.Value != "annotations" {
 			p.add(k.Line, k.Value, "unknown field (this file has the annotations shape: only \"annotations\" is allowed)")
@@ -92,6 +102,11 @@ func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
 		p.add(ann.Line, "annotations", "must be a mapping of strings, not %s", kindName(ann))
 		return nil
 	}
+	// Missing annotations are reported by their names, at "annotations".
+	annLoc := func(name string) Loc { return Loc{Line: ann.Line, Name: "annotations." + annotationPrefix + name} }
+	s.fields[""] = Loc{Line: root.Line}
+	s.fields["service"] = Loc{Line: ann.Line, Name: "annotations"}
+	s.fields["service.name"], s.fields["service.port"] = annLoc("connect-service"), annLoc("connect-service-port")
 	tproxy := true
 	for i := 0; i+1 < len(ann.Content); i += 2 {
 		kn, vn := ann.Content[i], ann.Content[i+1]
@@ -134,13 +149,15 @@ func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
 					bad("upstream %d (%q): %v", j+1, item, err)
 					continue
 				}
-				s.fields[fieldIndex("upstreams", j)] = loc
-				s.fields[fieldIndex("upstreams", j)+".name"] = loc
-				s.fields[fieldIndex("upstreams", j)+".port"] = loc
+				f := fieldIndex("upstreams", len(s.Upstreams))
+				for _, sub := range []string{"", ".name", ".type", ".datacenter", ".namespace", ".port", ".address"} {
+					s.fields[f+sub] = loc
+				}
 				s.Upstreams = append(s.Upstreams, u)
 			}
 		case name == "service-tags":
-			s.Tags, s.fields["service.tags"] = splitCSV(val), loc
+			s.Tags = splitCSV(val)
+			s.fields.setList("service.tags", len(s.Tags), loc)
 		case strings.HasPrefix(name, "service-meta-"):
 			if s.Meta == nil {
 				s.Meta = map[string]string{}
@@ -156,9 +173,6 @@ func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
 		case strings.HasPrefix(name, "transparent-proxy-exclude-"):
 			s.annotationExclude(p, loc, strings.TrimPrefix(name, "transparent-proxy-exclude-"), val)
 		case name == "prometheus-scrape-path":
-			if !strings.HasPrefix(val, "/") {
-				bad("must be a path starting with /, not %q", val)
-			}
 			s.Proxy.PrometheusScrapePath, s.fields["proxy.prometheus_scrape_path"] = val, loc
 		case name == "envoy-extra-args":
 			// Split on white space only: the text is never given to a shell.
@@ -186,7 +200,7 @@ func (s *Service) annotationExclude(p *Problems, loc Loc, what, val string) {
 			}
 			out = append(out, n)
 		}
-		s.fields[field] = loc
+		s.fields.setList(field, len(out), loc)
 		return out
 	}
 	switch what {
@@ -218,6 +232,8 @@ func ParseUpstream(item string) (Upstream, error) {
 		parts = parts[1:]
 	}
 	switch len(parts) {
+	case 0:
+		return u, fmt.Errorf("missing upstream name (write prepared_query:name:port)")
 	case 1:
 		return u, fmt.Errorf("missing local port (write name:port)")
 	case 2, 3:
@@ -245,6 +261,15 @@ func ParseUpstream(item string) (Upstream, error) {
 		u.Datacenter = parts[2]
 	}
 	return u, nil
+}
+
+// setList locates a list field and each of its n items at loc (one annotation
+// holds them all).
+func (m locs) setList(field string, n int, loc Loc) {
+	m[field] = loc
+	for i := range n {
+		m[fieldIndex(field, i)] = loc
+	}
 }
 
 func splitCSV(v string) []string {

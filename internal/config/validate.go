@@ -1,7 +1,10 @@
 package config
 
 import (
+	"maps"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -16,14 +19,22 @@ var userRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 // IDs may also hold dots and capitals (hostnames) and template braces.
 var idTemplateRE = regexp.MustCompile(`^[A-Za-z0-9{}$._-]{1,128}$`)
 
+// hostnameRE is a DNS name: letters, digits, '-' and '.' (RFC 1123).
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
+
+// Consul's rules for service meta (structs.ValidateServiceMetadata).
+var metaKeyRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+const (
+	metaMaxPairs    = 64
+	metaMaxValueLen = 512
+)
+
 // ValidName reports whether name is a valid service or upstream name.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
 func (s *Service) validate(p *Problems) {
-	at := func(field, format string, args ...any) {
-		l := s.Loc(field)
-		p.add(l.Line, l.Name, format, args...)
-	}
+	at := func(field, format string, args ...any) { p.at(s.Loc(field), format, args...) }
 	switch {
 	case s.Name == "":
 		at("service.name", "missing: every service needs a name")
@@ -33,6 +44,9 @@ func (s *Service) validate(p *Problems) {
 	if !idTemplateRE.MatchString(s.ID) {
 		at("service.id", "invalid id %q: use letters, digits, '.', '_', '-' (templates like {{hostname}} allowed), at most 128", s.ID)
 	}
+	if s.Address != "" && !validHost(s.Address) {
+		at("service.address", "invalid address %q: write an IP address or a host name", s.Address)
+	}
 	if s.Port < 0 || s.Port > 65535 {
 		at("service.port", "port %d out of range 1-65535 (omit it to have one allocated)", s.Port)
 	}
@@ -41,11 +55,8 @@ func (s *Service) validate(p *Problems) {
 			at(fieldIndex("service.tags", i), "invalid tag %q", t)
 		}
 	}
-	for k := range s.Meta {
-		if strings.HasPrefix(k, "meshx-") {
-			at("service.meta."+k, "the meta key prefix \"meshx-\" is reserved for meshx's ownership records")
-		}
-	}
+	validateMeta(s.Meta, "service.meta", at)
+	checkTemplate(s.Registration, "registration", func(field, msg string) { at(field, "%s", msg) })
 	if s.Check.TTL < time.Second {
 		at("check.ttl", "ttl %s is too short (at least 1s)", s.Check.TTL)
 	}
@@ -67,11 +78,19 @@ func (s *Service) validate(p *Problems) {
 	if _, ok := s.fields["proxy.command"]; ok && len(s.Proxy.Command) == 0 {
 		at("proxy.command", "must not be empty (omit it for the default)")
 	}
-	if len(s.Proxy.ExtraArgs) > 0 && s.Proxy.Mode != ModeEnvoy {
+	switch {
+	case len(s.Proxy.ExtraArgs) > 0 && s.Proxy.Mode != ModeEnvoy:
 		at("proxy.extra_args", "extra arguments are passed to Envoy: they need proxy.mode envoy")
+	case len(s.Proxy.ExtraArgs) > 0 && len(s.Proxy.Command) > 0:
+		at("proxy.extra_args", "extra arguments go after the default envoy command; with proxy.command, write them there")
 	}
-	if s.Proxy.PrometheusScrapePath != "" && s.Proxy.Mode != ModeEnvoy {
+	switch {
+	case s.Proxy.PrometheusScrapePath != "" && s.Proxy.Mode != ModeEnvoy:
 		at("proxy.prometheus_scrape_path", "merged metrics are served by Envoy: they need proxy.mode envoy")
+	case s.Proxy.PrometheusScrapePath != "" && len(s.Proxy.Command) > 0:
+		at("proxy.prometheus_scrape_path", "the scrape path is passed to the default envoy command; with proxy.command, pass -prometheus-scrape-path there")
+	case s.Proxy.PrometheusScrapePath != "" && !validPath(s.Proxy.PrometheusScrapePath):
+		at("proxy.prometheus_scrape_path", "must be a URL path starting with /, not %q", s.Proxy.PrometheusScrapePath)
 	}
 	if s.Proxy.User != "" && !userRE.MatchString(s.Proxy.User) {
 		at("proxy.user", "invalid user name %q", s.Proxy.User)
@@ -79,8 +98,64 @@ func (s *Service) validate(p *Problems) {
 	s.validateTransparent(at)
 }
 
+// validateMeta applies Consul's rules for service meta, and keeps meshx's prefix.
+func validateMeta(meta map[string]string, field string, at func(string, string, ...any)) {
+	if len(meta) > metaMaxPairs {
+		at(field, "%d meta pairs; Consul allows at most %d", len(meta), metaMaxPairs)
+	}
+	keys := make([]string, 0, len(meta))
+	for k := range meta {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		f := field + "." + k
+		switch {
+		case strings.HasPrefix(k, "meshx-"):
+			at(f, "the meta key prefix \"meshx-\" is reserved for meshx's ownership records")
+		case strings.HasPrefix(k, "consul-"):
+			at(f, "the meta key prefix \"consul-\" is reserved by Consul")
+		case !metaKeyRE.MatchString(k):
+			at(f, "invalid meta key %q: use letters, digits, '_' and '-', at most 128", k)
+		}
+		if len(meta[k]) > metaMaxValueLen {
+			at(f, "meta value is %d bytes; Consul allows at most %d", len(meta[k]), metaMaxValueLen)
+		}
+	}
+}
+
+// checkTemplate reports keys of a structured template that are not strings
+// (YAML allows `1: x`; a registration cannot hold them).
+func checkTemplate(v any, field string, bad func(field, msg string)) {
+	switch x := v.(type) {
+	case map[string]any:
+		for _, k := range slices.Sorted(maps.Keys(x)) {
+			checkTemplate(x[k], field+"."+k, bad)
+		}
+	case []any:
+		for i, e := range x {
+			checkTemplate(e, fieldIndex(field, i), bad)
+		}
+	case map[any]any:
+		bad(field, "every key of a template mapping must be a string")
+	}
+}
+
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return hostnameRE.MatchString(h)
+}
+
+// validPath accepts a URL path: a leading '/', no white space, query or fragment.
+func validPath(p string) bool {
+	return strings.HasPrefix(p, "/") && !strings.ContainsAny(p, " \t\n\r?#\x00")
+}
+
 func (s *Service) validateUpstreams(at func(string, string, ...any)) {
 	seen := map[string]int{}
+	fixed := map[int]int{} // fixed local port -> upstream index
 	for i, u := range s.Upstreams {
 		f := fieldIndex("upstreams", i)
 		switch {
@@ -89,10 +164,12 @@ func (s *Service) validateUpstreams(at func(string, string, ...any)) {
 		case !ValidName(u.Name):
 			at(f+".name", "invalid upstream name %q", u.Name)
 		}
-		if j, dup := seen[u.key()]; dup {
+		j, dup := seen[u.key()]
+		if dup {
 			at(f+".name", "upstream %q listed twice (also item %d)", u.Name, j+1)
+		} else {
+			seen[u.key()] = i
 		}
-		seen[u.key()] = i
 		if u.Type != "service" && u.Type != "prepared_query" {
 			at(f+".type", "unknown type %q (service or prepared_query)", u.Type)
 		}
@@ -107,6 +184,16 @@ func (s *Service) validateUpstreams(at func(string, string, ...any)) {
 		}
 		if u.Port != 0 && u.Port == s.Port {
 			at(f+".port", "port %d is also the service's own port", u.Port)
+		}
+		if j, taken := fixed[u.Port]; taken && !dup {
+			at(f+".port", "port %d is also the port of upstream %q (item %d)", u.Port, s.Upstreams[j].Name, j+1)
+		} else if u.Port > 0 {
+			fixed[u.Port] = i
+		}
+		if u.Address != "" {
+			if a, err := netip.ParseAddr(u.Address); err != nil || a.Zone() != "" {
+				at(f+".address", "invalid local bind address %q: write an IP address", u.Address)
+			}
 		}
 	}
 }

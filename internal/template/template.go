@@ -4,11 +4,12 @@
 // A leaf that is exactly "{{$var$}}" is replaced by the variable's typed value
 // (an int stays an int, a list stays a list). Any other {{var}} inserts the
 // variable as text. Output is data, later encoded as JSON, so inserted text can
-// never break the document's syntax. An unknown variable is an error naming the
-// template path.
+// never break the document's syntax. An unknown variable, a "{{" without its
+// "}}" and a typed value used as text are errors naming the template path.
 package template
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -30,6 +31,16 @@ type UnknownVarError struct {
 func (e *UnknownVarError) Error() string {
 	return fmt.Sprintf("%s: unknown template variable {{%s}}", e.Path, e.Var)
 }
+
+// PathError is any other problem of a template, at its template path: a "{{"
+// without its "}}", or a typed value that has no text form.
+type PathError struct {
+	Path string
+	Err  error
+}
+
+func (e *PathError) Error() string { return e.Path + ": " + e.Err.Error() }
+func (e *PathError) Unwrap() error { return e.Err }
 
 // Render returns a rendered deep copy of tmpl. path names tmpl in errors.
 func Render(tmpl any, vars Vars, path string) (any, error) {
@@ -62,8 +73,13 @@ func Render(tmpl any, vars Vars, path string) (any, error) {
 
 // RenderString renders one string as text (typed tags insert their text form).
 func RenderString(s string, vars Vars, path string) (string, error) {
-	if !strings.Contains(s, "{{") {
+	i := strings.LastIndex(s, "{{")
+	if i < 0 {
 		return s, nil
+	}
+	if !strings.Contains(s[i+2:], "}}") {
+		// fasttemplate would keep it as text: a typo like "{{id}" would go unseen.
+		return "", &PathError{Path: path, Err: errors.New("\"{{\" without its \"}}\" (write {{name}})")}
 	}
 	var out strings.Builder
 	_, err := fasttemplate.ExecuteFunc(s, "{{", "}}", &out, func(w io.Writer, tag string) (int, error) {
@@ -75,12 +91,12 @@ func RenderString(s string, vars Vars, path string) (string, error) {
 		}
 		txt, err := Text(v)
 		if err != nil {
-			return 0, fmt.Errorf("%s: {{%s}}: %w", path, name, err)
+			return 0, &PathError{Path: path, Err: fmt.Errorf("{{%s}}: %w", name, err)}
 		}
 		return w.Write([]byte(txt))
 	})
 	if err != nil {
-		return "", err
+		return "", err // the tag function's own errors, which carry the path
 	}
 	return out.String(), nil
 }

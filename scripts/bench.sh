@@ -37,6 +37,7 @@ awk '
 END {
 	print "| N | baseline (s) | meshx (s) | meshx / baseline |"
 	print "|---|---|---|---|"
-	for (n in ns) printf "| %s | %.2f | %.2f | %.2f |\n", substr(n, 3), t[n, "baseline"], t[n, "meshx"], (t[n, "baseline"] > 0 ? t[n, "meshx"] / t[n, "baseline"] : 0)
+	split("N=1 N=20 N=100", order, " ")
+	for (k = 1; k <= 3; k++) { n = order[k]; if (n in ns) printf "| %s | %.2f | %.2f | %.2f |\n", substr(n, 3), t[n, "baseline"], t[n, "meshx"], (t[n, "baseline"] > 0 ? t[n, "meshx"] / t[n, "baseline"] : 0) }
 	if (mem != "") printf "\nmeshx-proxy resident memory: %.1f MB; its proxy child (consul connect proxy): %.1f MB; ratio %.2f\n", mem, child, mem / child
-}' "$out" | sort -t'|' -k2,2n
+}' "$out"

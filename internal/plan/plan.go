@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -65,7 +67,8 @@ type Proxy struct {
 	Argv        []string `json:"argv,omitempty"` // empty for mode none
 	User        string   `json:"user,omitempty"`
 	MaxRestarts int      `json:"max_restarts"`
-	AdminPort   int      `json:"admin_port,omitempty"` // envoy admin listener
+	AdminPort   int      `json:"admin_port,omitempty"`   // envoy admin listener
+	MetricsPort int      `json:"metrics_port,omitempty"` // envoy merged metrics listener (0.0.0.0)
 }
 
 // Duration is a time.Duration that reads and writes as "10s".
@@ -87,12 +90,30 @@ type Ports struct {
 	Service   int
 	Upstreams map[string]int // by config.Upstream.Key()
 	Admin     int            // envoy admin; 0 unless mode envoy
+	Metrics   int            // envoy's merged metrics; 0 unless proxy.prometheus_scrape_path
 }
 
 // Keys used with the port allocator.
 func ServicePortKey(id string) string            { return "service/" + id }
 func UpstreamPortKey(id, upstream string) string { return "upstream/" + id + "/" + upstream }
 func AdminPortKey(id string) string              { return "envoy-admin/" + id }
+func MetricsPortKey(id string) string            { return "envoy-metrics/" + id }
+
+// PortKeys are the allocator keys of every port the plan holds (to release
+// them when the service is gone).
+func (pl *Plan) PortKeys() []string {
+	keys := []string{ServicePortKey(pl.ID)}
+	for _, u := range pl.Upstreams {
+		keys = append(keys, UpstreamPortKey(pl.ID, u.Key))
+	}
+	if pl.Proxy.AdminPort != 0 {
+		keys = append(keys, AdminPortKey(pl.ID))
+	}
+	if pl.Proxy.MetricsPort != 0 {
+		keys = append(keys, MetricsPortKey(pl.ID))
+	}
+	return keys
+}
 
 // Host is what a plan needs to know about the host.
 type Host struct {
@@ -101,16 +122,29 @@ type Host struct {
 	ExtraUpstreams []config.Upstream // added at run time with `meshx-init connect`
 }
 
-// RenderID renders a service's id template.
+// RenderID renders a service's id template; errors are *FieldError.
 func RenderID(s *config.Service, hostname string) (string, error) {
 	id, err := template.RenderString(s.ID, template.Vars{"name": s.Name, "hostname": hostname}, "service.id")
 	if err != nil {
-		return "", err
+		return "", fieldError(err)
 	}
 	if !validID(id) {
-		return "", fmt.Errorf("service.id: rendered id %q is not valid (letters, digits, '.', '_', '-')", id)
+		return "", &FieldError{Field: "service.id",
+			Msg: fmt.Sprintf("rendered id %q is not valid (letters, digits, '.', '_', '-', at most 128)", id)}
 	}
 	return id, nil
+}
+
+// upstreams returns a service's upstreams, then the run-time ones it does not
+// already have.
+func upstreams(s *config.Service, extra []config.Upstream) []config.Upstream {
+	out := slices.Clone(s.Upstreams)
+	for _, u := range extra {
+		if !slices.ContainsFunc(out, func(o config.Upstream) bool { return o.Key() == u.Key() }) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 func validID(id string) bool {
@@ -137,12 +171,11 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 		address = h.Global.Ports.IP.String()
 	}
 	pl := &Plan{Name: s.Name, ID: id, File: s.File, Address: address, Port: p.Service,
-		SidecarID: id + "-sidecar-proxy", CheckID: "meshx-ttl:" + id,
+		SidecarID: id + sidecarSuffix, CheckID: "meshx-ttl:" + id,
 		TTL: Duration(s.Check.TTL), Interval: Duration(s.Check.Interval), Probe: s.Check.Probe,
 		Transparent: s.Transparent}
-	ups := append(append([]config.Upstream{}, s.Upstreams...), h.ExtraUpstreams...)
 	var consulUps []any
-	for _, u := range ups {
+	for _, u := range upstreams(s, h.ExtraUpstreams) {
 		port := u.Port
 		if port == 0 {
 			port = p.Upstreams[u.Key()]
@@ -164,11 +197,25 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 		}
 		consulUps = append(consulUps, cu)
 	}
+	var meta map[string]any // typed as a template mapping, so that templates can merge over it
+	if s.Meta != nil {
+		meta = map[string]any{}
+		for k, v := range s.Meta {
+			meta[k] = v
+		}
+	}
 	vars := template.Vars{
 		"name": s.Name, "id": id, "address": address, "port": p.Service, "hostname": h.Hostname,
-		"tags": s.Tags, "meta": s.Meta, "upstreams": consulUps, "upstreams_text": upstreamsText(pl.Upstreams),
+		"tags": s.Tags, "meta": meta, "upstreams": consulUps, "upstreams_text": upstreamsText(pl.Upstreams),
 		"check_id": pl.CheckID, "ttl": s.Check.TTL.String(), "sidecar_id": pl.SidecarID,
 		"consul": h.Global.Consul.Binary,
+	}
+	if s.Proxy.Mode == config.ModeEnvoy {
+		vars["admin_port"] = p.Admin
+		vars["admin_address"] = netip.AddrPortFrom(h.Global.Ports.IP, uint16(p.Admin)).String()
+	}
+	if s.Proxy.PrometheusScrapePath != "" {
+		vars["metrics_port"] = p.Metrics
 	}
 	if err := pl.buildRegistration(s, h, vars); err != nil {
 		return nil, err

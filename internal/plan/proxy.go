@@ -1,7 +1,6 @@
 package plan
 
 import (
-	"net/netip"
 	"strconv"
 
 	"github.com/meshx/meshx/internal/config"
@@ -26,8 +25,9 @@ func (pl *Plan) buildProxy(s *config.Service, h Host, p Ports, vars template.Var
 	}
 	if s.Proxy.Mode == config.ModeEnvoy {
 		pl.Proxy.AdminPort = p.Admin
-		vars["admin_port"] = p.Admin
-		vars["admin_address"] = netip.AddrPortFrom(h.Global.Ports.IP, uint16(p.Admin)).String()
+	}
+	if s.Proxy.PrometheusScrapePath != "" {
+		pl.Proxy.MetricsPort = p.Metrics
 	}
 	cmd := s.Proxy.Command
 	if len(cmd) == 0 {
@@ -36,7 +36,7 @@ func (pl *Plan) buildProxy(s *config.Service, h Host, p Ports, vars template.Var
 	for i, a := range cmd {
 		r, err := template.RenderString(a, vars, "proxy.command["+strconv.Itoa(i)+"]")
 		if err != nil {
-			return err
+			return fieldError(err)
 		}
 		pl.Proxy.Argv = append(pl.Proxy.Argv, r)
 	}

@@ -3,11 +3,11 @@ package plan
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/ports"
-	"github.com/meshx/meshx/internal/template"
 )
 
 // Allocator hands out ports for requests (ports.Allocate, or a dry run).
@@ -15,49 +15,66 @@ type Allocator func(reqs []ports.Request) (map[string]int, error)
 
 // BuildAll renders every valid service of set. Problems found only now
 // (duplicate ids, fixed ports clashing across files, template errors, more than
-// one transparent proxy) move the service to set.Broken; only then are ports
-// allocated, so a broken file allocates nothing. extra holds upstreams added at
-// run time, by service name.
+// one transparent proxy) move the service to set.Broken, located in its file;
+// only then are ports allocated, so a broken file allocates nothing. extra
+// holds upstreams added at run time, by service name. A problem in meshx.yaml's
+// defaults.registration is returned as an error located there (it would break
+// every service), like any other problem of meshx.yaml.
 func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc Allocator) ([]*Plan, error) {
 	sort.Slice(set.Services, func(i, j int) bool { return set.Services[i].File < set.Services[j].File })
-	ids := map[string]*config.Service{}
-	for _, s := range append([]*config.Service{}, set.Services...) {
+	reject := func(s *config.Service, err error) {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			set.Reject(s, fe.Field, "%s", fe.Msg)
+			return
+		}
+		set.Reject(s, "", "%v", err)
+	}
+	ids := map[string]*config.Service{} // service and sidecar ids
+	for _, s := range slices.Clone(set.Services) {
 		id, err := RenderID(s, h.Hostname)
 		if err != nil {
-			set.Reject(s, "service.id", "%v", trimField(err, "service.id"))
+			reject(s, err)
 			continue
 		}
 		if o, dup := ids[id]; dup {
 			set.Reject(s, "service.id", "service id %q is also used by %s", id, o.File)
 			continue
 		}
-		ids[id] = s
+		if o, dup := ids[id+sidecarSuffix]; dup {
+			set.Reject(s, "service.id", "the id of its sidecar, %q, is also used by %s", id+sidecarSuffix, o.File)
+			continue
+		}
+		ids[id], ids[id+sidecarSuffix] = s, s
 	}
 	checkFixedPorts(set)
 	checkTransparent(set)
 	// Dry render with placeholder ports: template errors are found before any
 	// port is allocated.
-	for _, s := range append([]*config.Service{}, set.Services...) {
+	for _, s := range slices.Clone(set.Services) {
 		hh := h
 		hh.ExtraUpstreams = extra[s.Name]
-		if _, err := Build(s, hh, Ports{Service: 1, Admin: 1, Upstreams: placeholder(s, extra[s.Name])}); err != nil {
-			var uv *template.UnknownVarError
-			if errors.As(err, &uv) {
-				set.Reject(s, uv.Path, "unknown template variable {{%s}}", uv.Var)
-				continue
-			}
-			set.Reject(s, "registration", "%v", err)
+		_, err := Build(s, hh, placeholderPorts(s, extra[s.Name]))
+		var fe *FieldError
+		if errors.As(err, &fe) && fe.Global {
+			return nil, h.Global.Problem(fe.Field, "%s", fe.Msg)
+		}
+		if err != nil {
+			reject(s, err)
 		}
 	}
 	var reqs []ports.Request
 	for _, s := range set.Services {
 		id, _ := RenderID(s, h.Hostname)
 		reqs = append(reqs, ports.Request{Key: ServicePortKey(id), Fixed: s.Port})
-		for _, u := range append(append([]config.Upstream{}, s.Upstreams...), extra[s.Name]...) {
+		for _, u := range upstreams(s, extra[s.Name]) {
 			reqs = append(reqs, ports.Request{Key: UpstreamPortKey(id, u.Key()), Fixed: u.Port, Down: true})
 		}
 		if s.Proxy.Mode == config.ModeEnvoy {
 			reqs = append(reqs, ports.Request{Key: AdminPortKey(id)})
+		}
+		if s.Proxy.PrometheusScrapePath != "" {
+			reqs = append(reqs, ports.Request{Key: MetricsPortKey(id)})
 		}
 	}
 	got, err := alloc(reqs)
@@ -67,36 +84,31 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	var plans []*Plan
 	for _, s := range set.Services {
 		id, _ := RenderID(s, h.Hostname)
-		p := Ports{Service: got[ServicePortKey(id)], Admin: got[AdminPortKey(id)], Upstreams: map[string]int{}}
-		ups := append(append([]config.Upstream{}, s.Upstreams...), extra[s.Name]...)
-		for _, u := range ups {
+		p := Ports{Service: got[ServicePortKey(id)], Admin: got[AdminPortKey(id)],
+			Metrics: got[MetricsPortKey(id)], Upstreams: map[string]int{}}
+		for _, u := range upstreams(s, extra[s.Name]) {
 			p.Upstreams[u.Key()] = got[UpstreamPortKey(id, u.Key())]
 		}
 		hh := h
 		hh.ExtraUpstreams = extra[s.Name]
 		pl, err := Build(s, hh, p)
 		if err != nil {
-			return nil, err // the dry render passed: this is a bug, not bad input
+			return nil, fmt.Errorf("%s: %w", s.File, err) // the dry render passed: a bug, not bad input
 		}
 		plans = append(plans, pl)
 	}
 	return plans, nil
 }
 
-func placeholder(s *config.Service, extra []config.Upstream) map[string]int {
-	m := map[string]int{}
-	for _, u := range append(append([]config.Upstream{}, s.Upstreams...), extra...) {
-		m[u.Key()] = 1
-	}
-	return m
-}
+const sidecarSuffix = "-sidecar-proxy"
 
-func trimField(err error, field string) string {
-	msg := err.Error()
-	if len(msg) > len(field)+2 && msg[:len(field)+2] == field+": " {
-		return msg[len(field)+2:]
+// placeholderPorts are ports for a dry render: every port set, none real.
+func placeholderPorts(s *config.Service, extra []config.Upstream) Ports {
+	p := Ports{Service: 1, Admin: 1, Metrics: 1, Upstreams: map[string]int{}}
+	for _, u := range upstreams(s, extra) {
+		p.Upstreams[u.Key()] = 1
 	}
-	return msg
+	return p
 }
 
 // checkFixedPorts rejects a service whose fixed port another service (earlier
@@ -107,7 +119,7 @@ func checkFixedPorts(set *config.Set) {
 		field string
 	}
 	taken := map[int]owner{}
-	for _, s := range append([]*config.Service{}, set.Services...) {
+	for _, s := range slices.Clone(set.Services) {
 		type fp struct {
 			port  int
 			field string
@@ -142,7 +154,7 @@ func checkFixedPorts(set *config.Set) {
 // redirection rules are per network namespace.
 func checkTransparent(set *config.Set) {
 	var first *config.Service
-	for _, s := range append([]*config.Service{}, set.Services...) {
+	for _, s := range slices.Clone(set.Services) {
 		if s.Transparent == nil {
 			continue
 		}

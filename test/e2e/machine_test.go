@@ -347,10 +347,14 @@ func (m *Machine) PowerOff() {
 	m.reset()
 }
 
-// Reboot powers the machine off and boots the same root filesystem again.
+// Reboot powers the machine off and boots the same root filesystem again. As
+// on a VM, the kernel's network state does not survive: the network namespace
+// is made anew, so addresses, routes and iptables rules start empty.
 func (m *Machine) Reboot() {
 	m.t.Helper()
 	m.PowerOff()
+	m.host("ip", "netns", "del", m.Name)
+	m.host("ip", "netns", "add", m.Name)
 	m.Boot()
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"sync"
 
 	"github.com/hashicorp/consul/api"
 
@@ -48,24 +49,9 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		return err
 	}
 	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
-	var up []*plan.Plan
-	var failed []error
-	for _, pl := range l.Plans {
-		res, err := r.Ensure(ctx, pl, "", o.Force)
-		if err != nil {
-			env.Log.Error("register", "service_id", pl.ID, "err", err)
-			failed = append(failed, err)
-			continue
-		}
-		changed, err := env.Dirs.SavePlan(pl)
-		if err != nil {
-			return fmt.Errorf("save plan of %s: %w", pl.Name, err)
-		}
-		if changed {
-			signalReload(env, pl.Name)
-		}
-		fmt.Fprintf(env.Stdout, "%s\t%s\tport %d\t%s\n", pl.Name, pl.ID, pl.Port, res)
-		up = append(up, pl)
+	up, failed, err := registerAll(ctx, env, r, l.Plans, o.Force)
+	if err != nil {
+		return err
 	}
 	if err := gc(ctx, env, l, r); err != nil {
 		failed = append(failed, err)
@@ -85,6 +71,46 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		failed = append(failed, fmt.Errorf("%w: %d file(s)", ErrBroken, len(l.Set.Broken)))
 	}
 	return errors.Join(failed...)
+}
+
+// registerWorkers bounds the registrations in flight: the agent handles them
+// one at a time, a few in flight hide the round trips.
+const registerWorkers = 4
+
+// registerAll registers every plan (a few at a time), saves the plans that
+// registered and reports each in plan order. A failed registration blocks only
+// its service; err is only for the state dir failing.
+func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*plan.Plan, force bool) (up []*plan.Plan, failed []error, err error) {
+	results := make([]register.Result, len(plans))
+	errs := make([]error, len(plans))
+	sem := make(chan struct{}, registerWorkers)
+	var wg sync.WaitGroup
+	for i, pl := range plans {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i], errs[i] = r.Ensure(ctx, pl, "", force)
+		}()
+	}
+	wg.Wait()
+	for i, pl := range plans {
+		if errs[i] != nil {
+			env.Log.Error("register", "service_id", pl.ID, "err", errs[i])
+			failed = append(failed, errs[i])
+			continue
+		}
+		changed, err := env.Dirs.SavePlan(pl)
+		if err != nil {
+			return nil, nil, fmt.Errorf("save plan of %s: %w", pl.Name, err)
+		}
+		if changed {
+			signalReload(env, pl.Name)
+		}
+		fmt.Fprintf(env.Stdout, "%s\t%s\tport %d\t%s\n", pl.Name, pl.ID, pl.Port, results[i])
+		up = append(up, pl)
+	}
+	return up, failed, nil
 }
 
 // gc deregisters services meshx owns here whose service-config is gone, and

@@ -105,7 +105,8 @@ func ProxyEnv(c config.Consul, base []string) ([]string, error) {
 // ErrAgentUnreachable is returned when the agent did not answer in time.
 var ErrAgentUnreachable = errors.New("consul agent unreachable")
 
-// WaitAgent retries until the agent answers /v1/agent/self or wait passes,
+// WaitAgent retries until the agent answers /v1/status/leader (the lightest
+// call there is; its answer does not matter) or wait passes,
 // with exponential backoff (1s growing to 10s); each failure is logged.
 func WaitAgent(ctx context.Context, cl *api.Client, addr string, wait time.Duration, log *slog.Logger) error {
 	b := backoff.NewExponentialBackOff()
@@ -113,7 +114,7 @@ func WaitAgent(ctx context.Context, cl *api.Client, addr string, wait time.Durat
 	tries := 0
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		tries++
-		_, err := cl.Agent().Self()
+		_, err := cl.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
 		if err != nil && tries > 1 {
 			log.Warn("waiting for the consul agent", "address", addr, "attempt", tries, "err", err)
 		}

@@ -44,7 +44,7 @@ func (d *daemon) onProxyState(s supervisor.Status) {
 	d.mu.Unlock()
 	if s.State == supervisor.StateRunning && s.PID > 0 {
 		rec := fmt.Sprintf("%d %s\n", s.PID, startTime(s.PID))
-		_, _ = state.WriteFile(d.o.Dirs.ProxyPIDPath(d.pl.Name), []byte(rec), 0o644)
+		_, _ = state.WriteRuntimeFile(d.o.Dirs.ProxyPIDPath(d.pl.Name), []byte(rec), 0o644)
 	}
 	d.publish()
 }

@@ -240,10 +240,10 @@ func (d *daemon) waitAgent(ctx context.Context, addr string) error {
 	}
 }
 
-// loop heartbeats until ctx ends or the proxy gives up: fast (every 250ms)
+// loop heartbeats until ctx ends or the proxy gives up: fast (every 100ms)
 // until ready, then every Interval.
 func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
-	fast := 250 * time.Millisecond
+	fast := 100 * time.Millisecond
 	t := time.NewTimer(0)
 	defer t.Stop()
 	alive := time.NewTicker(time.Second) // keeps progress fresh between slow beats

@@ -39,6 +39,16 @@ func (d Dirs) ProxyPIDPath(name string) string {
 // WriteFile writes data atomically (temp file in the same dir, fsync, rename)
 // unless the file already holds exactly data. It reports whether it wrote.
 func WriteFile(path string, data []byte, perm fs.FileMode) (bool, error) {
+	return writeFile(path, data, perm, true)
+}
+
+// WriteRuntimeFile is WriteFile without fsync, for the runtime dir: a tmpfs
+// whose content means nothing after a crash or reboot anyway.
+func WriteRuntimeFile(path string, data []byte, perm fs.FileMode) (bool, error) {
+	return writeFile(path, data, perm, false)
+}
+
+func writeFile(path string, data []byte, perm fs.FileMode, sync bool) (bool, error) {
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
 		return false, nil
 	}
@@ -59,9 +69,11 @@ func WriteFile(path string, data []byte, perm fs.FileMode) (bool, error) {
 		f.Close()
 		return false, err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return false, err
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return false, err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return false, err
@@ -69,19 +81,21 @@ func WriteFile(path string, data []byte, perm fs.FileMode) (bool, error) {
 	if err := os.Rename(f.Name(), path); err != nil {
 		return false, err
 	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+	if sync {
+		if d, err := os.Open(dir); err == nil {
+			_ = d.Sync()
+			d.Close()
+		}
 	}
 	return true, nil
 }
 
-func writeJSON(path string, v any) (bool, error) {
+func writeJSON(path string, v any, sync bool) (bool, error) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return false, err
 	}
-	return WriteFile(path, append(b, '\n'), 0o644)
+	return writeFile(path, append(b, '\n'), 0o644, sync)
 }
 
 func readJSON(path string, v any) error {
@@ -96,7 +110,7 @@ func readJSON(path string, v any) error {
 }
 
 // SavePlan stores a rendered plan; it holds no secret (tokens are never rendered).
-func (d Dirs) SavePlan(p *plan.Plan) (bool, error) { return writeJSON(d.planPath(p.Name), p) }
+func (d Dirs) SavePlan(p *plan.Plan) (bool, error) { return writeJSON(d.planPath(p.Name), p, true) }
 
 // ErrNoPlan: meshx-init has not rendered this service (or its config is gone).
 var ErrNoPlan = errors.New("no rendered plan (run meshx-init run first)")
@@ -161,7 +175,7 @@ func (d Dirs) SetExtra(name string, ups []config.Upstream) error {
 		}
 		return err
 	}
-	_, err := writeJSON(d.extraPath(name), ups)
+	_, err := writeJSON(d.extraPath(name), ups, true)
 	return err
 }
 
@@ -181,7 +195,7 @@ type Status struct {
 
 // SaveStatus publishes a meshx-proxy's status.
 func (d Dirs) SaveStatus(s Status) error {
-	_, err := writeJSON(d.statusPath(s.Service), s)
+	_, err := writeJSON(d.statusPath(s.Service), s, false)
 	return err
 }
 

@@ -419,8 +419,9 @@ func (m *Machine) Diagnostics() string {
 		{"systemctl", "status", "--no-pager", "--lines=0", "meshx-init.service", "meshx-proxy@*.service"},
 		{"meshx-init", "status"},
 		{"curl", "-s", "--max-time", "3", "http://127.0.0.1:8500/v1/agent/checks"},
-		{"journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-n", "400",
-			"-u", "meshx-init.service", "-u", "meshx-proxy@*.service", "-u", "consul.service", "-u", "*app*"},
+		{"journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-n", "300",
+			"-u", "meshx-init.service", "-u", "meshx-proxy@*.service", "-u", "*app*"},
+		{"journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-n", "60", "-u", "consul.service"},
 	} {
 		out, err := m.Exec(c...)
 		fmt.Fprintf(&b, "--- %s (%v)\n%s\n", strings.Join(c, " "), err, out)

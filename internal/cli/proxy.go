@@ -47,17 +47,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (do not restart).`,
 			}
 			o := sidecar.Options{Dirs: g.dirs, Global: gl, Service: name, Logger: log, Reload: reload,
 				Notify: func(s string) { _ = systemd.Notify(s) }}
-			pl, err := g.dirs.LoadPlan(name)
-			if err != nil {
-				return usageError{err}
-			}
-			if pl.Transparent != nil {
-				r, err := sidecar.NewRules(netns, log)
-				if err != nil {
-					return err
-				}
-				o.Redirector = r
-			}
+			o.NewRedirector = func() (sidecar.Redirector, error) { return sidecar.NewRules(netns, log) }
 			return sidecar.Run(c.Context(), o)
 		},
 	}

@@ -2,11 +2,16 @@ package sidecar
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/iptables"
@@ -72,19 +77,90 @@ func hostHasIPv6() bool {
 	return err == nil && strings.TrimSpace(string(b)) != ""
 }
 
+// rulesMarker records that this service's rules are (or may be) installed,
+// so that they are removed even when the plan no longer asks for them.
+func rulesMarker(dirs state.Dirs, service string) string {
+	return filepath.Join(dirs.Runtime, "proxies", service+".rules")
+}
+
+func (d *daemon) rules() (Redirector, error) {
+	if d.redirector == nil {
+		if d.o.NewRedirector == nil {
+			return nil, fmt.Errorf("%w: no transparent-proxy rule backend", ErrConfig)
+		}
+		r, err := d.o.NewRedirector()
+		if err != nil {
+			return nil, err
+		}
+		d.redirector = r
+	}
+	return d.redirector, nil
+}
+
+// applyRules installs the plan's rules (atomically, replacing any) and marks them.
+func (d *daemon) applyRules(ctx context.Context) error {
+	r, err := d.rules()
+	if err != nil {
+		return err
+	}
+	// Marked before applying: a crash half-way still leads to a removal.
+	if _, err := state.WriteRuntimeFile(rulesMarker(d.o.Dirs, d.pl.Name), []byte("installed\n"), 0o644); err != nil {
+		return err
+	}
+	if err := r.Apply(ctx, d.pl.Transparent, d.sidecarPort, d.proxyUID()); err != nil {
+		return err
+	}
+	d.rulesIn = true
+	d.log.Info("transparent-proxy rules installed", "inbound_port", d.sidecarPort)
+	return nil
+}
+
+// removeRules removes this service's rules when it has or had any; the
+// removal itself runs to the end even when ctx is cancelled (crash-only).
+func (d *daemon) removeRules(ctx context.Context) error {
+	if d.pl.Transparent == nil && !d.rulesIn && !fileExists(rulesMarker(d.o.Dirs, d.pl.Name)) {
+		return nil
+	}
+	r, err := d.rules()
+	if err != nil {
+		return err
+	}
+	return removeMarked(ctx, r, d.o.Dirs, d.pl.Name, func() { d.rulesIn = false })
+}
+
+func removeMarked(ctx context.Context, r Redirector, dirs state.Dirs, service string, done func()) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := r.Remove(rctx); err != nil {
+		return err
+	}
+	done()
+	if err := os.Remove(rulesMarker(dirs, service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // Cleanup is meshx-proxy --cleanup (ExecStopPost): it kills a proxy a killed
-// meshx-proxy left, removes the service's transparent-proxy rules and its
-// published status. Idempotent.
+// meshx-proxy left, removes the service's transparent-proxy rules (when the
+// plan asks for them or a run marked them installed) and its published
+// status. Idempotent.
 func Cleanup(ctx context.Context, dirs state.Dirs, service, netns string, log *slog.Logger) error {
 	KillStaleProxy(dirs, service, log)
 	dirs.RemoveStatus(service)
 	pl, err := dirs.LoadPlan(service)
-	if err != nil || pl.Transparent == nil {
+	planned := err == nil && pl.Transparent != nil
+	if !planned && !fileExists(rulesMarker(dirs, service)) {
 		return nil
 	}
 	r, err := NewRules(netns, log)
 	if err != nil {
 		return err
 	}
-	return r.Remove(ctx)
+	return removeMarked(ctx, r, dirs, service, func() {})
 }

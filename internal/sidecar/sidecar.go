@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,9 +43,10 @@ type Options struct {
 	// Notify sends sd_notify states ("READY=1", "STATUS=...", "WATCHDOG=1",
 	// "STOPPING=1"). nil: none.
 	Notify func(state string)
-	// Redirector programs transparent-proxy rules; required only when the
-	// service enables transparent proxy.
-	Redirector Redirector
+	// NewRedirector makes the backend of transparent-proxy rules; called only
+	// when rules are to be installed or removed (the plan enables transparent
+	// proxy, or a previous run left rules). nil: such a service fails to start.
+	NewRedirector func() (Redirector, error)
 	// StopTimeout bounds each shutdown step; 0 = 5s.
 	StopTimeout time.Duration
 	// ProxyStopTimeout is the proxy's SIGTERM grace period; 0 = 10s.
@@ -73,6 +75,7 @@ type daemon struct {
 	st          state.Status
 	sidecarPort int
 	rulesIn     bool
+	redirector  Redirector
 }
 
 // Run runs meshx-proxy for one service until ctx ends (then cleans up and
@@ -93,7 +96,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
 	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), Health: api.HealthCritical, Since: time.Now()}
-	if pl.Transparent != nil && o.Redirector == nil {
+	if pl.Transparent != nil && o.NewRedirector == nil {
 		return fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
 	}
 	d.cl, err = register.NewClient(o.Global.Consul)
@@ -115,13 +118,12 @@ func (d *daemon) run(ctx context.Context) error {
 	d.touch()
 	stopWatchdog := d.startWatchdog()
 	defer stopWatchdog()
+	d.publish() // a crashed run's status (ready, pids) is stale from here on
 	KillStaleProxy(d.o.Dirs, d.pl.Name, d.log)
-	if d.pl.Transparent != nil {
-		// Crash-only: rules a killed meshx-proxy left are replaced once the
-		// proxy accepts again; until then nothing is redirected into a dead port.
-		if err := d.o.Redirector.Remove(ctx); err != nil {
-			d.log.Warn("remove stale transparent-proxy rules", "err", err)
-		}
+	// Crash-only: rules a killed meshx-proxy left are removed now and put back
+	// once the proxy accepts again: nothing is redirected into a dead port.
+	if err := d.removeRules(ctx); err != nil {
+		d.log.Warn("remove stale transparent-proxy rules", "err", err)
 	}
 	addr := register.Address(d.o.Global.Consul)
 	d.status("waiting for the consul agent at " + addr)
@@ -204,11 +206,22 @@ func (d *daemon) reload(ctx context.Context) {
 		return
 	}
 	old := d.pl
+	if (old.Transparent == nil) != (pl.Transparent == nil) {
+		// Turning transparent proxy on or off changes the unit's capabilities:
+		// meshx-init restarts the unit for it, and the new run applies it.
+		d.log.Info("transparent proxy turned on or off: takes effect when the unit restarts")
+		pl.Transparent = old.Transparent
+	}
 	d.pl = pl
 	d.mu.Lock()
 	d.sidecarPort = 0
 	d.mu.Unlock()
 	d.log.Info("plan reloaded", "upstreams", len(pl.Upstreams))
+	if d.rulesIn && !reflect.DeepEqual(old.Transparent, pl.Transparent) {
+		if err := d.applyRules(ctx); err != nil {
+			d.log.Error("update transparent-proxy rules", "err", err)
+		}
+	}
 	if _, err := d.reg.Ensure(ctx, pl, "", false); err != nil {
 		d.log.Error("register after reload", "err", err)
 	}
@@ -293,12 +306,10 @@ func (d *daemon) maybeReady(ctx context.Context, hl ttl.Health, err error) {
 		return
 	}
 	if d.pl.Transparent != nil && !d.rulesIn {
-		if err := d.o.Redirector.Apply(ctx, d.pl.Transparent, d.sidecarPort, d.proxyUID()); err != nil {
+		if err := d.applyRules(ctx); err != nil {
 			d.log.Error("install transparent-proxy rules", "err", err)
 			return
 		}
-		d.rulesIn = true
-		d.log.Info("transparent-proxy rules installed", "inbound_port", d.sidecarPort)
 	}
 	d.mu.Lock()
 	d.st.Ready = true
@@ -333,11 +344,11 @@ func (d *daemon) publish() {
 	}
 }
 
-// exit handles a failure before the main loop: nothing to undo but rules.
+// exit handles the end of a start that did not reach the main loop: a stop
+// request (ctx ended) still gets the full shutdown; a failure returns as is.
 func (d *daemon) exit(ctx context.Context, err error) error {
 	if errors.Is(err, context.Canceled) || ctx.Err() != nil {
-		d.o.Dirs.RemoveStatus(d.pl.Name)
-		return nil
+		return d.shutdown(nil)
 	}
 	return err
 }
@@ -361,13 +372,11 @@ func (d *daemon) shutdown(loopErr error) error {
 	}
 	cancel()
 	d.stopProxy()
-	if d.pl.Transparent != nil {
-		ctx, cancel := step()
-		if err := d.o.Redirector.Remove(ctx); err != nil {
-			d.log.Error("remove transparent-proxy rules", "err", err)
-		}
-		cancel()
+	ctx, cancel = step()
+	if err := d.removeRules(ctx); err != nil {
+		d.log.Error("remove transparent-proxy rules", "err", err)
 	}
+	cancel()
 	if loopErr == nil {
 		ctx, cancel := step()
 		if err := d.reg.Deregister(ctx, d.pl.ID, d.pl.SidecarID); err != nil {

@@ -34,11 +34,16 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/meshx/meshx/cmd/meshx-init", "github.com/meshx/meshx/cmd/meshx-proxy")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/meshx/meshx/cmd/meshx-init",
+		"github.com/meshx/meshx/cmd/meshx-proxy", "github.com/meshx/meshx/test/integration/fakeproxy")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
 		os.Exit(1)
+	}
+	// Proxies may run as an unprivileged user (proxy.user): let it in.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		panic(err)
 	}
 	binDir = dir
 	code := m.Run()

@@ -110,7 +110,7 @@ type Proxy struct {
 	Mode        string   // ModeConnect (default), ModeEnvoy, ModeNone
 	Command     []string // template; default depends on Mode
 	ExtraArgs   []string // appended after "--" in envoy mode
-	MaxRestarts int      // default 5; -1 = unlimited
+	MaxRestarts int      // default 5; -1 = unlimited; at least 1 otherwise
 	User        string   // "" = the global proxy_user
 	// PrometheusScrapePath, when set, makes envoy serve merged metrics there.
 	PrometheusScrapePath string

@@ -72,8 +72,9 @@ func (s *Service) validate(p *Problems) {
 	default:
 		at("proxy.mode", "unknown mode %q (connect, envoy or none)", s.Proxy.Mode)
 	}
-	if s.Proxy.MaxRestarts < -1 {
-		at("proxy.max_restarts", "must be -1 (unlimited) or more, not %d", s.Proxy.MaxRestarts)
+	if s.Proxy.MaxRestarts < -1 || s.Proxy.MaxRestarts == 0 {
+		// The supervisor reads 0 as its default: "never restart" cannot be had.
+		at("proxy.max_restarts", "must be at least 1, or -1 for unlimited, not %d", s.Proxy.MaxRestarts)
 	}
 	if _, ok := s.fields["proxy.command"]; ok && len(s.Proxy.Command) == 0 {
 		at("proxy.command", "must not be empty (omit it for the default)")

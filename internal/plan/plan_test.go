@@ -263,7 +263,7 @@ registration:
 }
 
 func portsOf(pl *Plan) Ports {
-	p := Ports{Service: pl.Port, Admin: pl.Proxy.AdminPort, Metrics: pl.Proxy.MetricsPort, Upstreams: map[string]int{}}
+	p := Ports{Service: pl.Port, Sidecar: pl.SidecarPort, Admin: pl.Proxy.AdminPort, Metrics: pl.Proxy.MetricsPort, Upstreams: map[string]int{}}
 	for _, u := range pl.Upstreams {
 		p.Upstreams[u.Key] = u.Port
 	}
@@ -283,9 +283,11 @@ func TestBuildAllocates(t *testing.T) {
 	}
 	want := []ports.Request{
 		{Key: "service/a-h1", Fixed: 8080},
+		{Key: "sidecar/a-h1"},
 		{Key: "upstream/a-h1/db", Fixed: 9191, Down: true},
 		{Key: "upstream/a-h1/cache", Down: true},
 		{Key: "service/b-h1"},
+		{Key: "sidecar/b-h1"},
 		{Key: "upstream/b-h1/a", Down: true},
 		{Key: "envoy-admin/b-h1"},
 		{Key: "envoy-metrics/b-h1"},
@@ -610,5 +612,51 @@ func TestPlanRoundTrip(t *testing.T) {
 	}
 	if !bytes.Equal(planJSON(t, &back), b) {
 		t.Errorf("round trip differs:\n%s\n%s", planJSON(t, &back), b)
+	}
+}
+
+// TestDocExamples parses and renders every configuration example of
+// docs/configuration.md (the YAML blocks with a version), so the reference
+// cannot drift from the code.
+func TestDocExamples(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "configuration.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(doc), "```yaml\n")[1:]
+	n := 0
+	for i, b := range blocks {
+		b, _, _ = strings.Cut(b, "```")
+		if !strings.Contains(b, "version: 1") {
+			continue // a template, not a file
+		}
+		n++
+		t.Run(fmt.Sprintf("block%d", i+1), func(t *testing.T) {
+			if !strings.Contains(b, "\nservice:") && !strings.HasPrefix(b, "service:") && !strings.Contains(b, "\nservice: ") {
+				if _, err := config.ParseGlobal("meshx.yaml", []byte(b)); err != nil {
+					t.Fatalf("%v\n%s", err, b)
+				}
+				return
+			}
+			h := host(t, "")
+			s, err := config.Parse("example.yaml", []byte(b), h.Global.Defaults)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, b)
+			}
+			st := &config.Set{Services: []*config.Service{s}, Broken: map[string]error{}}
+			var fa fakeAlloc
+			if _, err := BuildAll(st, h, nil, fa.alloc); err != nil || st.Err() != nil {
+				t.Fatalf("%v %v\n%s", err, st.Err(), b)
+			}
+		})
+	}
+	if n < 8 {
+		t.Errorf("only %d examples found", n)
+	}
+	for i, b := range strings.Split(string(doc), "```json\n")[1:] {
+		b, _, _ = strings.Cut(b, "```")
+		if _, err := config.Parse("service-config.json", []byte(b), config.Defaults{}); err != nil {
+			t.Errorf("json block %d: %v\n%s", i+1, err, b)
+		}
 	}
 }

@@ -169,11 +169,7 @@ func forget(ctx context.Context, env Env, l *Loaded, r *register.Registrar, pl *
 	if err := r.Deregister(ctx, pl.ID, pl.SidecarID); err != nil {
 		return err
 	}
-	keys := []string{plan.ServicePortKey(pl.ID), plan.AdminPortKey(pl.ID)}
-	for _, u := range pl.Upstreams {
-		keys = append(keys, plan.UpstreamPortKey(pl.ID, u.Key))
-	}
-	if err := ports.Release(ports.Options{StateDir: env.Dirs.State, Range: l.Global.Ports}, keys); err != nil {
+	if err := ports.Release(ports.Options{StateDir: env.Dirs.State, Range: l.Global.Ports}, pl.PortKeys()); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "%s\t%s\t-\tderegistered (config gone)\n", pl.Name, pl.ID)

@@ -38,6 +38,10 @@ type Plan struct {
 	Address   string `json:"address"`
 	Port      int    `json:"port"`
 	SidecarID string `json:"sidecar_id"`
+	// SidecarPort is the sidecar's public (mTLS) port, allocated and pinned
+	// so it stays the same across reboots (Consul would hand out 21000+ in
+	// registration order); a port the registration template sets wins.
+	SidecarPort int `json:"sidecar_port"`
 
 	Registration *api.AgentServiceRegistration `json:"registration"`
 	Hash         string                        `json:"hash"`
@@ -89,6 +93,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 type Ports struct {
 	Service   int
 	Upstreams map[string]int // by config.Upstream.Key()
+	Sidecar   int            // the sidecar's public port
 	Admin     int            // envoy admin; 0 unless mode envoy
 	Metrics   int            // envoy's merged metrics; 0 unless proxy.prometheus_scrape_path
 }
@@ -97,12 +102,13 @@ type Ports struct {
 func ServicePortKey(id string) string            { return "service/" + id }
 func UpstreamPortKey(id, upstream string) string { return "upstream/" + id + "/" + upstream }
 func AdminPortKey(id string) string              { return "envoy-admin/" + id }
+func SidecarPortKey(id string) string            { return "sidecar/" + id }
 func MetricsPortKey(id string) string            { return "envoy-metrics/" + id }
 
 // PortKeys are the allocator keys of every port the plan holds (to release
 // them when the service is gone).
 func (pl *Plan) PortKeys() []string {
-	keys := []string{ServicePortKey(pl.ID)}
+	keys := []string{ServicePortKey(pl.ID), SidecarPortKey(pl.ID)}
 	for _, u := range pl.Upstreams {
 		keys = append(keys, UpstreamPortKey(pl.ID, u.Key))
 	}
@@ -171,7 +177,7 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 		address = h.Global.Ports.IP.String()
 	}
 	pl := &Plan{Name: s.Name, ID: id, File: s.File, Address: address, Port: p.Service,
-		SidecarID: id + sidecarSuffix, CheckID: "meshx-ttl:" + id,
+		SidecarID: id + sidecarSuffix, SidecarPort: p.Sidecar, CheckID: "meshx-ttl:" + id,
 		TTL: Duration(s.Check.TTL), Interval: Duration(s.Check.Interval), Probe: s.Check.Probe,
 		Transparent: s.Transparent}
 	var consulUps []any

@@ -263,7 +263,7 @@ registration:
 }
 
 func portsOf(pl *Plan) Ports {
-	p := Ports{Service: pl.Port, Admin: pl.Proxy.AdminPort, Metrics: pl.Proxy.MetricsPort, Upstreams: map[string]int{}}
+	p := Ports{Service: pl.Port, Sidecar: pl.SidecarPort, Admin: pl.Proxy.AdminPort, Metrics: pl.Proxy.MetricsPort, Upstreams: map[string]int{}}
 	for _, u := range pl.Upstreams {
 		p.Upstreams[u.Key] = u.Port
 	}
@@ -283,9 +283,11 @@ func TestBuildAllocates(t *testing.T) {
 	}
 	want := []ports.Request{
 		{Key: "service/a-h1", Fixed: 8080},
+		{Key: "sidecar/a-h1"},
 		{Key: "upstream/a-h1/db", Fixed: 9191, Down: true},
 		{Key: "upstream/a-h1/cache", Down: true},
 		{Key: "service/b-h1"},
+		{Key: "sidecar/b-h1"},
 		{Key: "upstream/b-h1/a", Down: true},
 		{Key: "envoy-admin/b-h1"},
 		{Key: "envoy-metrics/b-h1"},

@@ -140,6 +140,10 @@ func (pl *Plan) buildRegistration(s *config.Service, h Host, vars template.Vars)
 	if reg.Connect == nil || reg.Connect.SidecarService == nil {
 		return &FieldError{Field: "registration.Connect", Msg: "Connect.SidecarService must stay: meshx runs a sidecar for every service"}
 	}
+	if reg.Connect.SidecarService.Port == 0 {
+		reg.Connect.SidecarService.Port = pl.SidecarPort
+	}
+	pl.SidecarPort = reg.Connect.SidecarService.Port
 	if reg.Meta == nil {
 		reg.Meta = map[string]string{}
 	}

@@ -66,7 +66,7 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	var reqs []ports.Request
 	for _, s := range set.Services {
 		id, _ := RenderID(s, h.Hostname)
-		reqs = append(reqs, ports.Request{Key: ServicePortKey(id), Fixed: s.Port})
+		reqs = append(reqs, ports.Request{Key: ServicePortKey(id), Fixed: s.Port}, ports.Request{Key: SidecarPortKey(id)})
 		for _, u := range upstreams(s, extra[s.Name]) {
 			reqs = append(reqs, ports.Request{Key: UpstreamPortKey(id, u.Key()), Fixed: u.Port, Down: true})
 		}
@@ -84,7 +84,7 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	var plans []*Plan
 	for _, s := range set.Services {
 		id, _ := RenderID(s, h.Hostname)
-		p := Ports{Service: got[ServicePortKey(id)], Admin: got[AdminPortKey(id)],
+		p := Ports{Service: got[ServicePortKey(id)], Sidecar: got[SidecarPortKey(id)], Admin: got[AdminPortKey(id)],
 			Metrics: got[MetricsPortKey(id)], Upstreams: map[string]int{}}
 		for _, u := range upstreams(s, extra[s.Name]) {
 			p.Upstreams[u.Key()] = got[UpstreamPortKey(id, u.Key())]
@@ -104,7 +104,7 @@ const sidecarSuffix = "-sidecar-proxy"
 
 // placeholderPorts are ports for a dry render: every port set, none real.
 func placeholderPorts(s *config.Service, extra []config.Upstream) Ports {
-	p := Ports{Service: 1, Admin: 1, Metrics: 1, Upstreams: map[string]int{}}
+	p := Ports{Service: 1, Sidecar: 1, Admin: 1, Metrics: 1, Upstreams: map[string]int{}}
 	for _, u := range upstreams(s, extra) {
 		p.Upstreams[u.Key()] = 1
 	}

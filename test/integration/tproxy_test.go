@@ -113,10 +113,12 @@ registration:
 	if reg := h.services()["web-testhost-sidecar-proxy"]; reg == nil || string(reg.Proxy.Mode) != "transparent" {
 		t.Fatalf("sidecar not registered in transparent mode: %+v", reg)
 	}
-	ready := func() {
+	// ready waits for the status of meshx-proxy p itself: a killed one's file
+	// may still say ready until the new one publishes.
+	ready := func(p *proxyProc) {
 		t.Helper()
 		testutil.Eventually(t, 30*time.Second, func() error {
-			if st := h.status("web"); !st.Ready {
+			if st := h.status("web"); !st.Ready || st.PID != p.cmd.Process.Pid {
 				return fmt.Errorf("not ready: %+v", st)
 			}
 			return nil
@@ -147,7 +149,7 @@ registration:
 
 	none("before start")
 	p := h.startProxy(t, ns, "web")
-	ready()
+	ready(p)
 	oneSet()
 
 	// A crash leaves the rules; the next start replaces them: one set.
@@ -157,7 +159,7 @@ registration:
 		t.Fatalf("rules gone after SIGKILL: the crash case is not exercised")
 	}
 	p = h.startProxy(t, ns, "web")
-	ready()
+	ready(p)
 	oneSet()
 
 	// SIGTERM: rules removed, service deregistered.
@@ -170,7 +172,7 @@ registration:
 
 	// Crash, then ExecStopPost's --cleanup: nothing left, no proxy left.
 	p = h.startProxy(t, ns, "web")
-	ready()
+	ready(p)
 	proxyPID := h.status("web").ProxyPID
 	_ = p.cmd.Process.Kill()
 	p.wait(t)

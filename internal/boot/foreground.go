@@ -15,37 +15,65 @@ import (
 	"github.com/meshx/meshx/internal/supervisor"
 )
 
-// foreground supervises one meshx-proxy child per service until ctx ends,
-// for hosts and containers without systemd. A child that exits 0 (stopped by
-// `meshx-init stop`) is not restarted; a failed one is, with backoff.
-func foreground(ctx context.Context, env Env, plans []*plan.Plan, o RunOptions) error {
+// fleet supervises one meshx-proxy child per service until ctx ends, for
+// hosts and containers without systemd (run --foreground). A child that exits
+// 0 (stopped by `meshx-init stop`) is not restarted; a failed one is, with
+// backoff.
+type fleet struct {
+	ctx  context.Context
+	env  Env
+	o    RunOptions
+	bin  string
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	n    int
+	errs []error
+}
+
+func newFleet(ctx context.Context, env Env, o RunOptions) (*fleet, error) {
 	bin, err := proxyBinary(o.ProxyBinary)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(plans))
-	for i, pl := range plans {
-		argv := append(append([]string{bin}, o.ProxyArgs...), pl.Name)
-		sup, err := supervisor.New(supervisor.Options{
-			Name: "meshx-proxy " + pl.Name, Argv: argv, Logger: env.Log.With("service", pl.Name),
-			MaxRestarts: -1, StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
-			Output: os.Stderr, // meshx-proxy logs structured lines of its own
-		})
-		if err != nil {
-			return err
+	return &fleet{ctx: ctx, env: env, o: o, bin: bin}, nil
+}
+
+// start launches the supervised meshx-proxy of one service; safe to call from
+// several goroutines.
+func (f *fleet) start(pl *plan.Plan) {
+	argv := append(append([]string{f.bin}, f.o.ProxyArgs...), pl.Name)
+	sup, err := supervisor.New(supervisor.Options{
+		Name: "meshx-proxy " + pl.Name, Argv: argv, Logger: f.env.Log.With("service", pl.Name),
+		MaxRestarts: -1, StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
+		Output: os.Stderr, // meshx-proxy logs structured lines of its own
+	})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		f.errs = append(f.errs, err)
+		return
+	}
+	f.n++
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		if err := sup.Run(f.ctx); err != nil {
+			f.mu.Lock()
+			f.errs = append(f.errs, fmt.Errorf("meshx-proxy %s: %w", pl.Name, err))
+			f.mu.Unlock()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := sup.Run(ctx); err != nil {
-				errs[i] = fmt.Errorf("meshx-proxy %s: %w", pl.Name, err)
-			}
-		}()
-	}
-	fmt.Fprintf(env.Stdout, "supervising %d meshx-proxy process(es); stop with Ctrl-C\n", len(plans))
-	wg.Wait()
-	return errors.Join(errs...)
+	}()
+}
+
+// wait blocks until every child has stopped (after ctx ends).
+func (f *fleet) wait() error {
+	f.mu.Lock()
+	fmt.Fprintf(f.env.Stdout, "supervising %d meshx-proxy process(es); stop with Ctrl-C\n", f.n)
+	f.mu.Unlock()
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return errors.Join(f.errs...)
 }
 
 func proxyBinary(p string) (string, error) {

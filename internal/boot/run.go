@@ -49,7 +49,16 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		return err
 	}
 	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
-	up, failed, err := registerAll(ctx, env, r, l.Plans, o.Force)
+	var fl *fleet
+	onUp := func(*plan.Plan) {}
+	if o.Foreground {
+		// Each meshx-proxy starts as soon as its own service is registered.
+		if fl, err = newFleet(ctx, env, o); err != nil {
+			return err
+		}
+		onUp = fl.start
+	}
+	up, failed, err := registerAll(ctx, env, r, l.Plans, o.Force, onUp)
 	if err != nil {
 		return err
 	}
@@ -62,8 +71,8 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 			failed = append(failed, err)
 		}
 	}
-	if o.Foreground {
-		if err := foreground(ctx, env, up, o); err != nil {
+	if fl != nil {
+		if err := fl.wait(); err != nil {
 			failed = append(failed, err)
 		}
 	}
@@ -77,12 +86,15 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 // one at a time, a few in flight hide the round trips.
 const registerWorkers = 4
 
-// registerAll registers every plan (a few at a time), saves the plans that
-// registered and reports each in plan order. A failed registration blocks only
-// its service; err is only for the state dir failing.
-func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*plan.Plan, force bool) (up []*plan.Plan, failed []error, err error) {
+// registerAll registers every plan (a few at a time) and saves the plans that
+// registered, calling onUp for each as soon as it is; it then reports each in
+// plan order. A failed registration blocks only its service; err is only for
+// the state dir failing.
+func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*plan.Plan, force bool,
+	onUp func(*plan.Plan)) (up []*plan.Plan, failed []error, err error) {
 	results := make([]register.Result, len(plans))
 	errs := make([]error, len(plans))
+	saveErrs := make([]error, len(plans))
 	sem := make(chan struct{}, registerWorkers)
 	var wg sync.WaitGroup
 	for i, pl := range plans {
@@ -90,22 +102,29 @@ func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*p
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[i], errs[i] = r.Ensure(ctx, pl, "", force)
+			if results[i], errs[i] = r.Ensure(ctx, pl, "", force); errs[i] != nil {
+				return
+			}
+			changed, err := env.Dirs.SavePlan(pl)
+			if err != nil {
+				saveErrs[i] = fmt.Errorf("save plan of %s: %w", pl.Name, err)
+				return
+			}
+			if changed {
+				signalReload(env, pl.Name)
+			}
+			onUp(pl)
 		}()
 	}
 	wg.Wait()
+	if err := errors.Join(saveErrs...); err != nil {
+		return nil, nil, err
+	}
 	for i, pl := range plans {
 		if errs[i] != nil {
 			env.Log.Error("register", "service_id", pl.ID, "err", errs[i])
 			failed = append(failed, errs[i])
 			continue
-		}
-		changed, err := env.Dirs.SavePlan(pl)
-		if err != nil {
-			return nil, nil, fmt.Errorf("save plan of %s: %w", pl.Name, err)
-		}
-		if changed {
-			signalReload(env, pl.Name)
 		}
 		fmt.Fprintf(env.Stdout, "%s\t%s\tport %d\t%s\n", pl.Name, pl.ID, pl.Port, results[i])
 		up = append(up, pl)

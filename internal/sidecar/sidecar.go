@@ -253,10 +253,10 @@ func (d *daemon) waitAgent(ctx context.Context, addr string) error {
 	}
 }
 
-// loop heartbeats until ctx ends or the proxy gives up: fast (every 100ms)
+// loop heartbeats until ctx ends or the proxy gives up: fast (every 50ms)
 // until ready, then every Interval.
 func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
-	fast := 100 * time.Millisecond
+	fast := 50 * time.Millisecond
 	t := time.NewTimer(0)
 	defer t.Stop()
 	alive := time.NewTicker(time.Second) // keeps progress fresh between slow beats

@@ -109,8 +109,11 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
-// SavePlan stores a rendered plan; it holds no secret (tokens are never rendered).
-func (d Dirs) SavePlan(p *plan.Plan) (bool, error) { return writeJSON(d.planPath(p.Name), p, true) }
+// SavePlan stores a rendered plan; it holds no secret (tokens are never
+// rendered). It is written atomically but not synced: a plan is derived from
+// the config and the (synced) port state, and meshx-init renders it again at
+// every boot before any meshx-proxy starts.
+func (d Dirs) SavePlan(p *plan.Plan) (bool, error) { return writeJSON(d.planPath(p.Name), p, false) }
 
 // ErrNoPlan: meshx-init has not rendered this service (or its config is gone).
 var ErrNoPlan = errors.New("no rendered plan (run meshx-init run first)")

@@ -141,7 +141,7 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	defer d.stopProxy()
 	hb, err := ttl.New(ttl.Options{Agent: d.cl.Agent(), CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
-		Probe: d.probe, Logger: d.log, OnBeat: d.onBeat,
+		Probe: d.probe, Logger: d.log, OnBeat: d.onBeat, Hold: d.holdWhileStarting(),
 		Reregister: func(ctx context.Context, status string) error {
 			_, err := d.reg.Ensure(ctx, d.pl, status, false)
 			return err
@@ -289,6 +289,17 @@ func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
 			next = fast
 		}
 		t.Reset(next)
+	}
+}
+
+// startGrace is how long, at start, a critical health is not written: the
+// check was registered critical, and a proxy usually accepts well within it.
+const startGrace = 10 * time.Second
+
+func (d *daemon) holdWhileStarting() func(ttl.Health) bool {
+	start := time.Now()
+	return func(h ttl.Health) bool {
+		return h.Status == api.HealthCritical && !d.isReady() && time.Since(start) < startGrace
 	}
 }
 

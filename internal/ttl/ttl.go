@@ -36,6 +36,10 @@ type Options struct {
 	// Reregister restores the service, sidecar and check after the agent lost
 	// them; status is the health to register the check with. nil: lost is an error.
 	Reregister func(ctx context.Context, status string) error
+	// Hold, if set, is asked before a health is written; true keeps it back
+	// (meshx-proxy holds critical healths while it starts: the check was
+	// registered critical, and each write costs the agent a catalog sync).
+	Hold func(h Health) bool
 	// OnBeat, if set, is called after each beat with the health written and the
 	// error of writing it (nil when the agent took it).
 	OnBeat func(h Health, err error)
@@ -84,7 +88,8 @@ func (h *Heartbeat) Beat(ctx context.Context) (Health, error) {
 	// Only changes are written at once; an unchanged health is written again
 	// once per Interval, which keeps the TTL alive without loading the agent
 	// when Beat is called more often (meshx-proxy does until it is ready).
-	if hl == h.written && time.Since(h.at) < h.o.Interval*9/10 {
+	held := h.o.Hold != nil && h.o.Hold(hl)
+	if held || hl == h.written && time.Since(h.at) < h.o.Interval*9/10 {
 		h.observe(hl)
 		if h.o.OnBeat != nil {
 			h.o.OnBeat(hl, nil)

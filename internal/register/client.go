@@ -42,8 +42,13 @@ func APIConfig(c config.Consul) *api.Config {
 	if c.TLSServerName != "" {
 		cfg.TLSConfig.Address = c.TLSServerName
 	}
-	if strings.HasPrefix(cfg.Address, "https://") {
+	switch {
+	case strings.HasPrefix(cfg.Address, "https://"):
 		cfg.Scheme = "https"
+	case strings.HasPrefix(c.Address, "http://"):
+		// meshx.yaml's http:// wins over an inherited CONSUL_HTTP_SSL=true
+		// (consul/api would keep https and speak TLS to a plain agent).
+		cfg.Scheme = "http"
 	}
 	return cfg
 }

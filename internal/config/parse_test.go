@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshx/meshx/internal/testutil"
 )
 
 // dumpService is a Service as its golden files show it: durations as text.
@@ -71,7 +73,7 @@ func TestParseGood(t *testing.T) {
 			if s.File != name {
 				t.Errorf("File = %q, want %q", s.File, name)
 			}
-			golden(t, filepath.Join(dir, name+".golden"), dump(t, s))
+			testutil.Golden(t, filepath.Join(dir, name+".golden"), dump(t, s))
 		})
 	}
 }
@@ -102,7 +104,7 @@ func TestParseBad(t *testing.T) {
 					t.Errorf("problem not located as %s:LINE: ...: %q", name, line)
 				}
 			}
-			golden(t, filepath.Join(dir, name+".golden"), []byte(err.Error()+"\n"))
+			testutil.Golden(t, filepath.Join(dir, name+".golden"), []byte(err.Error()+"\n"))
 		})
 	}
 }

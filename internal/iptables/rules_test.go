@@ -2,16 +2,14 @@ package iptables
 
 import (
 	"errors"
-	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+	"github.com/meshx/meshx/internal/testutil"
+)
 
 func mustPrefixes(s ...string) []netip.Prefix {
 	out := make([]netip.Prefix, len(s))
@@ -64,25 +62,8 @@ func TestRulesGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Rules: %v", err)
 			}
-			checkGolden(t, filepath.Join("testdata", tc.name+".rules"), rs.String())
+			testutil.Golden(t, filepath.Join("testdata", tc.name+".rules"), []byte(rs.String()))
 		})
-	}
-}
-
-func checkGolden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (go test -update rewrites it)\n--- got\n%s--- want\n%s", path, got, want)
 	}
 }
 

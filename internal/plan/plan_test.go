@@ -3,7 +3,6 @@ package plan
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,29 +12,8 @@ import (
 
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/ports"
+	"github.com/meshx/meshx/internal/testutil"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/ with what the tests produce")
-
-func golden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run the tests with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
 
 // global parses a meshx.yaml ("" = none).
 func global(t *testing.T, yaml string) *config.Global {
@@ -249,7 +227,7 @@ registration:
 			if len(plans) != 1 {
 				t.Fatalf("%d plans", len(plans))
 			}
-			golden(t, filepath.Join("testdata", "build", tt.name+".json"), planJSON(t, plans[0]))
+			testutil.Golden(t, filepath.Join("testdata", "build", tt.name+".json"), planJSON(t, plans[0]))
 			// What BuildAll rendered is what Build renders from the same ports.
 			again, err := Build(st.Services[0], Host{Hostname: h.Hostname, Global: h.Global, ExtraUpstreams: tt.extra}, portsOf(plans[0]))
 			if err != nil {

@@ -1,13 +1,11 @@
 package systemd
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files in testdata/")
+	"github.com/meshx/meshx/internal/testutil"
+)
 
 func TestUnitName(t *testing.T) {
 	tests := []struct {
@@ -49,7 +47,7 @@ func TestDropIn(t *testing.T) {
 	if name != "50-meshx-transparent-proxy.conf" {
 		t.Errorf("drop-in name %q", name)
 	}
-	golden(t, "transparent-proxy.conf", content)
+	testutil.Golden(t, filepath.Join("testdata", "transparent-proxy.conf"+".golden"), []byte(content))
 }
 
 func TestValidate(t *testing.T) {
@@ -69,23 +67,5 @@ func TestValidate(t *testing.T) {
 				t.Errorf("validate = %v, want ok=%v", err, tc.ok)
 			}
 		})
-	}
-}
-
-// golden compares got with testdata/<name>.golden, rewriting it under -update.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
 	}
 }

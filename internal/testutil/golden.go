@@ -1,4 +1,4 @@
-package config
+package testutil
 
 import (
 	"bytes"
@@ -8,12 +8,14 @@ import (
 	"testing"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/ with what the tests produce")
+// Update is the -update flag of every package's tests: golden files are
+// rewritten with what the tests produce instead of compared.
+var Update = flag.Bool("update", false, "rewrite golden files under testdata/ with what the tests produce")
 
-// golden compares got with the file at path, or rewrites it under -update.
-func golden(t *testing.T, path string, got []byte) {
+// Golden compares got with the golden file at path, or rewrites it under -update.
+func Golden(t testing.TB, path string, got []byte) {
 	t.Helper()
-	if *update {
+	if *Update {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}

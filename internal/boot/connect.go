@@ -19,11 +19,7 @@ import (
 // or an error. An upstream already present answers with its address. The
 // upstreams persist in the state dir until disconnected.
 func Connect(ctx context.Context, env Env, name string, specs []string) error {
-	pl, err := env.Dirs.LoadPlan(name)
-	if err != nil {
-		return fmt.Errorf("%w %q: %v", ErrUnknownService, name, err)
-	}
-	extra, err := env.Dirs.Extra(name)
+	pl, extra, err := planAndExtra(env, name)
 	if err != nil {
 		return err
 	}
@@ -68,11 +64,7 @@ func Connect(ctx context.Context, env Env, name string, specs []string) error {
 // Disconnect removes upstreams added with Connect. Open connections through
 // them end when the proxy drops the listener.
 func Disconnect(ctx context.Context, env Env, name string, specs []string) error {
-	pl, err := env.Dirs.LoadPlan(name)
-	if err != nil {
-		return fmt.Errorf("%w %q: %v", ErrUnknownService, name, err)
-	}
-	extra, err := env.Dirs.Extra(name)
+	pl, extra, err := planAndExtra(env, name)
 	if err != nil {
 		return err
 	}
@@ -115,6 +107,16 @@ func Disconnect(ctx context.Context, env Env, name string, specs []string) error
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// planAndExtra loads a service's plan and its run-time upstreams.
+func planAndExtra(env Env, name string) (*plan.Plan, []config.Upstream, error) {
+	pl, err := env.Dirs.LoadPlan(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w %q: %v", ErrUnknownService, name, err)
+	}
+	extra, err := env.Dirs.Extra(name)
+	return pl, extra, err
 }
 
 // parseSpec reads name[:port[:datacenter]] (port omitted: allocated).

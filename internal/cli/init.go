@@ -166,31 +166,25 @@ func stopCmd(env envFunc) *cobra.Command {
 }
 
 func connectCmd(env envFunc) *cobra.Command {
-	return &cobra.Command{
-		Use:   "connect <service> <upstream>...",
-		Short: "Add upstreams (name[:port[:datacenter]]) to a running service; prints each local address",
-		Args:  minArgs(2, "a service name and at least one upstream"),
-		RunE: func(c *cobra.Command, args []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
-			return boot.Connect(c.Context(), e, args[0], args[1:])
-		},
-	}
+	return upstreamsCmd(env, "connect", "Add upstreams (name[:port[:datacenter]]) to a running service; prints each local address", boot.Connect)
 }
 
 func disconnectCmd(env envFunc) *cobra.Command {
+	return upstreamsCmd(env, "disconnect", "Remove upstreams added with connect", boot.Disconnect)
+}
+
+// upstreamsCmd is `<verb> <service> <upstream>...`.
+func upstreamsCmd(env envFunc, verb, short string, do func(context.Context, boot.Env, string, []string) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   "disconnect <service> <upstream>...",
-		Short: "Remove upstreams added with connect",
+		Use:   verb + " <service> <upstream>...",
+		Short: short,
 		Args:  minArgs(2, "a service name and at least one upstream"),
 		RunE: func(c *cobra.Command, args []string) error {
 			e, err := env(c)
 			if err != nil {
 				return err
 			}
-			return boot.Disconnect(c.Context(), e, args[0], args[1:])
+			return do(c.Context(), e, args[0], args[1:])
 		},
 	}
 }

@@ -524,26 +524,8 @@ func sigkillPending(t *testing.T, pid int) bool {
 	return false
 }
 
-// syncBuffer is a bytes.Buffer safe for the two output readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestOutputPassedThroughRaw(t *testing.T) {
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	h := runSupervisor(t, Options{Name: "raw", Output: &out,
 		Argv: []string{"/bin/sh", "-c", `echo 'level=INFO msg="from child"'; echo err-line >&2`}})
 	if err := h.wait(10 * time.Second); err != nil {

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -131,30 +130,13 @@ func (h *host) init(args ...string) result {
 // the test ends, failing if it leaves a process behind.
 type fg struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func (h *host) foreground() *fg {
 	h.t.Helper()
-	f := &fg{out: &lockedBuffer{}, done: make(chan struct{})}
+	f := &fg{out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	f.cmd = exec.Command(filepath.Join(binDir, "meshx-init"), append(h.flags(), "run", "--foreground", "--systemd=no")...)
 	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -53,13 +53,13 @@ func natRules(t *testing.T, ns string) string {
 // proxyProc runs meshx-proxy for one service with its rules in ns.
 type proxyProc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
 }
 
 func (h *host) startProxy(t *testing.T, ns, name string) *proxyProc {
 	t.Helper()
-	p := &proxyProc{out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proxyProc{out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(binDir, "meshx-proxy"), append(h.flags(), "--netns", "/run/netns/"+ns, name)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {

@@ -241,10 +241,12 @@ func (d *daemon) reload(ctx context.Context) {
 	}
 }
 
+// waitAgent waits for the agent as long as it takes, in rounds short enough
+// that the watchdog sees the loop alive.
 func (d *daemon) waitAgent(ctx context.Context, addr string) error {
 	for {
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := register.WaitAgent(wctx, d.cl, addr, 30*time.Second, d.log)
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := register.WaitAgent(wctx, d.cl, addr, 5*time.Second, d.log)
 		cancel()
 		d.touch()
 		if err == nil || ctx.Err() != nil {

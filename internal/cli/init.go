@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +25,10 @@ registers each service with its Connect sidecar and TTL check with the local
 Consul agent, and starts one meshx-proxy per service.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
+		// Runnable with an Args check, so that an unknown command is a usage
+		// error (exit 2); cobra's own check returns a plain error (exit 1).
+		Args: unknownCommand,
+		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
 	g.bind(root)
 	env := func(c *cobra.Command) (boot.Env, error) {
@@ -32,6 +38,19 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
 	root.AddCommand(validateCmd(env), renderCmd(env), runCmd(env, &g), statusCmd(env),
 		stopCmd(env), connectCmd(env), disconnectCmd(env))
 	return execute(ctx, root, args, stdout, stderr)
+}
+
+// unknownCommand refuses arguments to the root command, which are a
+// mistyped subcommand.
+func unknownCommand(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += "; did you mean " + strings.Join(s, " or ") + "?"
+	}
+	return usageError{errors.New(msg)}
 }
 
 type envFunc func(*cobra.Command) (boot.Env, error)

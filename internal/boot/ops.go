@@ -50,7 +50,7 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 			checks = map[string]*api.AgentCheck{}
 		}
 	}
-	var rows []Row
+	rows := []Row{} // "[]", not "null", in JSON when meshx owns nothing
 	for _, n := range names {
 		pl, err := env.Dirs.LoadPlan(n)
 		if err != nil {

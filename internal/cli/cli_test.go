@@ -334,3 +334,21 @@ func TestExitCode(t *testing.T) {
 		})
 	}
 }
+
+// TestEmptyHost: with no service-config, the JSON outputs are empty lists,
+// not null.
+func TestEmptyHost(t *testing.T) {
+	h := newHost(t)
+	for _, args := range [][]string{{"render"}, {"render", "nope"}, {"status", "--json"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			r := run(t, initMain, h.flags(args...)...)
+			if r.code != ExitOK || r.stdout != "[]\n" {
+				t.Errorf("exit %d, stdout %q; want 0, \"[]\\n\"", r.code, r.stdout)
+			}
+		})
+	}
+	r := run(t, initMain, h.flags("validate")...)
+	if r.code != ExitOK || r.stdout != "" {
+		t.Errorf("validate: exit %d, stdout %q", r.code, r.stdout)
+	}
+}

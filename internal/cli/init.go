@@ -97,7 +97,7 @@ func renderCmd(env envFunc) *cobra.Command {
 			for _, a := range args {
 				want[a] = true
 			}
-			var out []any
+			out := []any{} // "[]", not "null", when nothing matches
 			for _, pl := range l.Plans {
 				if len(args) == 0 || want[pl.Name] {
 					out = append(out, map[string]any{"service": pl.Name, "file": pl.File,

@@ -20,6 +20,7 @@ type Consul struct {
 	ports    map[string]int
 	logFile  string
 	extraHCL string
+	args     []string
 	cmd      *exec.Cmd
 	done     chan struct{}
 }
@@ -36,10 +37,11 @@ func FreePort(t testing.TB) int {
 }
 
 // StartConsul starts a dev agent and waits until it has a leader; it is
-// stopped when the test ends. extraHCL is appended to its configuration.
-func StartConsul(t testing.TB, extraHCL string) *Consul {
+// stopped when the test ends. extraHCL is appended to its configuration and
+// args to its command line (flags win over the configuration).
+func StartConsul(t testing.TB, extraHCL string, args ...string) *Consul {
 	t.Helper()
-	c := &Consul{Bin: ConsulBinary(t), ports: map[string]int{}, extraHCL: extraHCL,
+	c := &Consul{Bin: ConsulBinary(t), ports: map[string]int{}, extraHCL: extraHCL, args: args,
 		logFile: filepath.Join(t.TempDir(), "consul.log")}
 	for _, k := range []string{"http", "grpc", "dns", "serf_lan", "serf_wan", "server"} {
 		c.ports[k] = FreePort(t)
@@ -52,14 +54,15 @@ func StartConsul(t testing.TB, extraHCL string) *Consul {
 
 func (c *Consul) start(t testing.TB) {
 	t.Helper()
-	hcl := fmt.Sprintf(`ports { http = %d, grpc = %d, grpc_tls = -1, https = -1, dns = %d, serf_lan = %d, serf_wan = %d, server = %d }
+	hcl := fmt.Sprintf(`ports { http = %d, grpc = %d, grpc_tls = -1, dns = %d, serf_lan = %d, serf_wan = %d, server = %d }
 %s`, c.ports["http"], c.ports["grpc"], c.ports["dns"], c.ports["serf_lan"], c.ports["serf_wan"], c.ports["server"], c.extraHCL)
 	log, err := os.OpenFile(c.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = exec.Command(c.Bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-node", "meshx-test", "-log-level", "warn", "-hcl", hcl)
+	args := append([]string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-node", "meshx-test", "-log-level", "warn", "-hcl", hcl}, c.args...)
+	c.cmd = exec.Command(c.Bin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = log, log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {

@@ -136,11 +136,18 @@ func (d *daemon) run(ctx context.Context) error {
 		return d.exit(ctx, err)
 	}
 	d.log.Info("registration", "result", string(res))
+	// The agent keeps an existing check's status across re-registration, so a
+	// check a killed meshx-proxy left passing would stay passing: say critical
+	// once, explicitly, before holding interim criticals back.
+	if err := ttl.Set(ctx, d.cl.Agent(), d.pl.CheckID, ttl.Health{Status: api.HealthCritical,
+		Output: "meshx-proxy starting: proxy not running yet"}); err != nil {
+		d.log.Warn("set check critical at start", "err", err)
+	}
 	if err := d.startProxy(ctx); err != nil {
 		return d.exit(ctx, err)
 	}
 	defer d.stopProxy()
-	hb, err := ttl.New(ttl.Options{Agent: d.cl.Agent(), CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
+	hb, err := ttl.New(ttl.Options{Agent: agentRef{d}, CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
 		Probe: d.probe, Logger: d.log, OnBeat: d.onBeat, Hold: d.holdWhileStarting(),
 		Reregister: func(ctx context.Context, status string) error {
 			_, err := d.reg.Ensure(ctx, d.pl, status, false)
@@ -263,12 +270,16 @@ func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
 	defer t.Stop()
 	alive := time.NewTicker(time.Second) // keeps progress fresh between slow beats
 	defer alive.Stop()
+	token := newTokenWatch(register.APIConfig(d.o.Global.Consul).TokenFile)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-alive.C:
 			d.touch()
+			if token.changed() {
+				d.rotateToken(ctx)
+			}
 			continue
 		case <-d.o.Reload:
 			d.reload(ctx)

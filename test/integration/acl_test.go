@@ -56,19 +56,65 @@ func TestACLAgent(t *testing.T) {
 	h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: %q, binary: %q, token_file: %q}\nhostname: testhost\nports: {range: \"20950-20999\"}\n",
 		"http://"+c.HTTPAddr, testutil.ConsulBinary(t), tokenFile))
 	f := h.foreground()
-	testutil.Eventually(t, 30*time.Second, func() error {
-		checks, err := admin.Agent().Checks()
-		if err != nil {
-			return err
-		}
-		for _, id := range []string{"web-testhost", "client-testhost"} {
-			if c := checks["meshx-ttl:"+id]; c == nil || c.Status != api.HealthPassing {
-				return fmt.Errorf("%s not passing: %+v", id, c)
+	passing := func(timeout time.Duration, ids ...string) {
+		t.Helper()
+		testutil.Eventually(t, timeout, func() error {
+			checks, err := admin.Agent().Checks()
+			if err != nil {
+				return err
 			}
-		}
-		return nil
-	})
+			for _, id := range ids {
+				if c := checks["meshx-ttl:"+id]; c == nil || c.Status != api.HealthPassing {
+					return fmt.Errorf("%s not passing: %+v", id, c)
+				}
+			}
+			return nil
+		})
+	}
+	passing(30*time.Second, "web-testhost", "client-testhost")
 	waitBody(t, 30*time.Second, h.plan("client").Upstreams[0].Port, "hello with acls")
+
+	t.Run("rotation: a rewritten token file is picked up, the old token can go", func(t *testing.T) {
+		// Start from a token of its own, so the old one can be deleted.
+		mk := func() *api.ACLToken {
+			tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: "meshx test",
+				Policies: []*api.ACLTokenPolicyLink{{ID: "00000000-0000-0000-0000-000000000001"}}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}
+		rotate := func(tok *api.ACLToken) {
+			t.Helper()
+			if err := os.WriteFile(tokenFile, []byte(tok.SecretID+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 30*time.Second, func() error {
+				st := h.status("web")
+				env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.ProxyPID))
+				if err != nil || !strings.Contains(string(env), "CONSUL_HTTP_TOKEN="+tok.SecretID) {
+					return fmt.Errorf("web's proxy (pid %d) does not have the new token yet", st.ProxyPID)
+				}
+				return nil
+			})
+		}
+		a, b := mk(), mk()
+		rotate(a)
+		rotate(b)
+		if _, err := admin.ACL().TokenDelete(a.AccessorID, nil); err != nil {
+			t.Fatal(err)
+		}
+		// meshx-proxy's own client uses the new token: knock the check down
+		// and see its heartbeat put it back.
+		if err := admin.Agent().UpdateTTL("meshx-ttl:web-testhost", "knocked down by the test", api.HealthCritical); err != nil {
+			t.Fatal(err)
+		}
+		passing(15*time.Second, "web-testhost")
+		waitBody(t, 30*time.Second, h.plan("client").Upstreams[0].Port, "hello with acls")
+		if strings.Contains(f.out.String(), a.SecretID) || strings.Contains(f.out.String(), b.SecretID) {
+			t.Errorf("a token appears in the logs")
+		}
+	})
 	f.stop(t)
 	if strings.Contains(f.out.String(), root) {
 		t.Errorf("the token appears in the logs")

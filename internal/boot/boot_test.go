@@ -16,19 +16,8 @@ import (
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
 	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/testutil"
 )
-
-// tlog routes a component's log to the test's log.
-func tlog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // testEnv makes a host's dirs with a meshx.yaml (extra appended to it) and
 // returns the Env and its stdout.
@@ -38,7 +27,7 @@ func testEnv(t *testing.T, extra string) (Env, *bytes.Buffer) {
 	d := state.Dirs{Config: filepath.Join(root, "etc"), State: filepath.Join(root, "state"), Runtime: filepath.Join(root, "run")}
 	writeFile(t, config.ConfigPath(d.Config), "version: 1\nhostname: h1\nports: {range: \"24000-24099\"}\n"+extra)
 	var out bytes.Buffer
-	return Env{Dirs: d, Log: tlog(t), Stdout: &out}, &out
+	return Env{Dirs: d, Log: testutil.Logger(t), Stdout: &out}, &out
 }
 
 func writeFile(t *testing.T, path, content string) string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -24,18 +23,6 @@ import (
 	"github.com/meshx/meshx/internal/testutil"
 	"github.com/meshx/meshx/internal/ttl"
 )
-
-// tlog routes a component's log to the test's log.
-func tlog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 func testDirs(t *testing.T) state.Dirs {
 	root := t.TempDir()
@@ -189,7 +176,7 @@ func TestKillStaleProxy(t *testing.T) {
 		st := startTime(pid)
 		n, _ := strconv.Atoi(st)
 		p := write(t, d, fmt.Sprintf("%d %d\n", pid, n+1))
-		KillStaleProxy(d, "web", tlog(t))
+		KillStaleProxy(d, "web", testutil.Logger(t))
 		select {
 		case <-done:
 			t.Fatal("a process with another start time was killed")
@@ -204,7 +191,7 @@ func TestKillStaleProxy(t *testing.T) {
 		d := testDirs(t)
 		pid, done := spawn(t, "sleep", "30")
 		p := write(t, d, fmt.Sprintf("%d %s\n", pid, startTime(pid)))
-		KillStaleProxy(d, "web", tlog(t))
+		KillStaleProxy(d, "web", testutil.Logger(t))
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -226,7 +213,7 @@ func TestKillStaleProxy(t *testing.T) {
 		})
 		write(t, d, fmt.Sprintf("%d %s\n", pid, startTime(pid)))
 		start := time.Now()
-		KillStaleProxy(d, "web", tlog(t))
+		KillStaleProxy(d, "web", testutil.Logger(t))
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -239,7 +226,7 @@ func TestKillStaleProxy(t *testing.T) {
 		t.Run(fmt.Sprintf("bad record %q", rec), func(t *testing.T) {
 			d := testDirs(t)
 			p := write(t, d, rec)
-			KillStaleProxy(d, "web", tlog(t))
+			KillStaleProxy(d, "web", testutil.Logger(t))
 			if !gone(p) || !alive(1) {
 				t.Errorf("pid file removed %v, init alive %v", gone(p), alive(1))
 			}
@@ -247,7 +234,7 @@ func TestKillStaleProxy(t *testing.T) {
 	}
 
 	t.Run("no record", func(t *testing.T) {
-		KillStaleProxy(testDirs(t), "web", tlog(t))
+		KillStaleProxy(testDirs(t), "web", testutil.Logger(t))
 	})
 }
 
@@ -289,7 +276,7 @@ func testDaemon(t *testing.T, pl *plan.Plan, r Redirector) (*daemon, *[]string) 
 			return r, nil
 		}
 	}
-	d := &daemon{o: o, pl: pl, log: tlog(t)}
+	d := &daemon{o: o, pl: pl, log: testutil.Logger(t)}
 	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), Health: api.HealthCritical}
 	return d, &notes
 }
@@ -461,7 +448,7 @@ func TestCleanupWithoutPlan(t *testing.T) {
 	if _, err := state.WriteRuntimeFile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, startTime(pid))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := Cleanup(context.Background(), d, "web", "", tlog(t)); err != nil {
+	if err := Cleanup(context.Background(), d, "web", "", testutil.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := d.LoadStatus("web"); ok {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -53,18 +52,6 @@ func (f *fakeAgent) all() []write {
 	return append([]write(nil), f.writes...)
 }
 
-// tlog routes a component's log to the test's log.
-func tlog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 var (
 	passing  = Health{Status: api.HealthPassing, Output: "ok"}
 	critical = Health{Status: api.HealthCritical, Output: "proxy down"}
@@ -90,7 +77,7 @@ func newHeartbeat(t *testing.T, o Options) *Heartbeat {
 		o.CheckID = "meshx-ttl:web-h1"
 	}
 	if o.Logger == nil {
-		o.Logger = tlog(t)
+		o.Logger = testutil.Logger(t)
 	}
 	h, err := New(o)
 	if err != nil {

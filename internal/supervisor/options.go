@@ -52,7 +52,7 @@ type Options struct {
 
 	// Logger receives the supervisor's own records and the child's output:
 	// stdout lines at Info, stderr lines at Warn, each with the attributes
-	// stream=stdout|stderr and pid. Nil means discard.
+	// stream=stdout|stderr and child_pid. Nil means discard.
 	Logger *slog.Logger
 
 	// StopTimeout is how long a stop waits after SIGTERM to the child's

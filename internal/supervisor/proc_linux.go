@@ -91,7 +91,7 @@ func (p *proc) reap(cmd *exec.Cmd, r, w pipes, log *slog.Logger, raw io.Writer, 
 	}
 	p.pid = cmd.Process.Pid
 	begin := time.Now()
-	out := log.With("pid", p.pid)
+	out := log.With("child_pid", p.pid)
 	var readers sync.WaitGroup
 	readers.Go(func() { logOutput(r.stdout, out, slog.LevelInfo, "stdout", raw) })
 	readers.Go(func() { logOutput(r.stderr, out, slog.LevelWarn, "stderr", raw) })
@@ -193,7 +193,7 @@ func (p *proc) signal(sig syscall.Signal) error {
 // returns the exit.
 func (p *proc) stop(timeout time.Duration, log *slog.Logger) exitInfo {
 	if err := p.signal(syscall.SIGTERM); err != nil {
-		log.Warn("stop child", "pid", p.pid, "err", err)
+		log.Warn("stop child", "child_pid", p.pid, "err", err)
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -202,9 +202,9 @@ func (p *proc) stop(timeout time.Duration, log *slog.Logger) exitInfo {
 		return ex
 	case <-t.C:
 	}
-	log.Warn("child still running after SIGTERM; sending SIGKILL", "pid", p.pid, "stop_timeout", timeout)
+	log.Warn("child still running after SIGTERM; sending SIGKILL", "child_pid", p.pid, "stop_timeout", timeout)
 	if err := p.signal(syscall.SIGKILL); err != nil {
-		log.Warn("kill child", "pid", p.pid, "err", err)
+		log.Warn("kill child", "child_pid", p.pid, "err", err)
 	}
 	return <-p.exit
 }

@@ -276,7 +276,7 @@ func TestOutputLoggedWithStream(t *testing.T) {
 	if err := h.wait(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	pid := h.logs.withMsg("child started")[0]["pid"]
+	pid := h.logs.withMsg("child started")[0]["child_pid"]
 	for _, tc := range []struct {
 		msg, level, stream string
 		truncated          bool
@@ -293,9 +293,9 @@ func TestOutputLoggedWithStream(t *testing.T) {
 			continue
 		}
 		r := recs[0]
-		if r["level"] != tc.level || r["stream"] != tc.stream || r["pid"] != pid || r["child"] != "talker" {
+		if r["level"] != tc.level || r["stream"] != tc.stream || r["child_pid"] != pid || r["child"] != "talker" {
 			t.Errorf("%.20q: level=%v stream=%v pid=%v child=%v, want %s %s %v talker",
-				tc.msg, r["level"], r["stream"], r["pid"], r["child"], tc.level, tc.stream, pid)
+				tc.msg, r["level"], r["stream"], r["child_pid"], r["child"], tc.level, tc.stream, pid)
 		}
 		if (r["truncated"] == true) != tc.truncated {
 			t.Errorf("%.20q: truncated=%v, want %v", tc.msg, r["truncated"], tc.truncated)

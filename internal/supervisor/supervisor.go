@@ -176,7 +176,7 @@ func (r *run) starting() State {
 		return r.afterExit(false, 0)
 	}
 	r.child = child
-	r.s.log.Info("child started", "pid", child.pid, "restarts", r.restarts, "argv", r.o.Argv)
+	r.s.log.Info("child started", "child_pid", child.pid, "restarts", r.restarts, "argv", r.o.Argv)
 	return StateRunning
 }
 
@@ -196,12 +196,12 @@ func (r *run) running() State {
 				level = slog.LevelInfo
 			}
 			r.s.log.Log(context.Background(), level, "child exited",
-				"pid", pid, "reason", ex.reason, "ran", ex.ran.Round(time.Millisecond), "restarts", r.restarts)
+				"child_pid", pid, "reason", ex.reason, "ran", ex.ran.Round(time.Millisecond), "restarts", r.restarts)
 			return r.afterExit(ex.success, ex.ran)
 		case <-stable.C:
 			if r.restarts > 0 {
 				r.s.log.Info("child stable; restart counter reset",
-					"pid", r.child.pid, "stable_after", r.o.StableAfter, "restarts", r.restarts)
+					"child_pid", r.child.pid, "stable_after", r.o.StableAfter, "restarts", r.restarts)
 				r.restarts = 0
 				r.s.publish(StateRunning, r, time.Time{})
 			}
@@ -209,7 +209,7 @@ func (r *run) running() State {
 			r.then = StateStopped
 			return StateStopping
 		case <-r.s.restart:
-			r.s.log.Info("restart requested", "pid", r.child.pid)
+			r.s.log.Info("restart requested", "child_pid", r.child.pid)
 			r.then = StateStarting
 			return StateStopping
 		}
@@ -260,7 +260,7 @@ func (r *run) stopping() State {
 	ex := r.child.stop(r.o.StopTimeout, r.s.log)
 	r.child = nil
 	r.lastExit = ex.reason
-	r.s.log.Info("child stopped", "pid", pid, "reason", ex.reason, "ran", ex.ran.Round(time.Millisecond), "restarts", r.restarts)
+	r.s.log.Info("child stopped", "child_pid", pid, "reason", ex.reason, "ran", ex.ran.Round(time.Millisecond), "restarts", r.restarts)
 	if r.then == StateStarting {
 		r.restarts = 0
 	}

@@ -49,6 +49,16 @@ func (l *lan) attach(hostNS, ifname, addr string) {
 	l.ip("-n", hostNS, "link", "set", "lo", "up")
 }
 
+// replug gives a powered-off host a new network namespace, plugged in again
+// with the same name and address: as across a VM's reboot, the kernel's network
+// state (sockets, routes, iptables rules) does not survive, the NIC and its
+// address do.
+func (l *lan) replug(hostNS, ifname, addr string) {
+	l.t.Helper()
+	l.ip("netns", "del", hostNS)
+	l.attach(hostNS, ifname, addr)
+}
+
 func (l *lan) ip(args ...string) {
 	l.t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {

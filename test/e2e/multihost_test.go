@@ -135,6 +135,7 @@ func TestMultiHost(t *testing.T) {
 		before := top.clientState(t)
 		top.web.PowerOff()
 		top.waitRequestFails(t, "with the web host powered off")
+		top.lan.replug(top.web.Name, lanIfname, top.web.Addr+lanBits)
 		rebooted := time.Now()
 		top.web.Boot()
 		top.waitRequestOK(t, "after the web host's reboot")

@@ -22,6 +22,12 @@ import (
 // Address is set only when service.address is written: otherwise Consul
 // advertises the node's address, and {{address}} (default 127.0.0.1) is only
 // where the sidecar reaches the app.
+//
+// The sidecar gets one check of its own, an alias of the service: meshx's TTL
+// already passes only while the proxy accepts, so the sidecar is healthy the
+// moment the service is. Without it Consul adds a TCP check of the proxy every
+// 10s whose first run it staggers by up to 10s: peers saw "no healthy
+// instances" for that long after meshx-proxy was ready.
 func DefaultRegistration() map[string]any {
 	return map[string]any{
 		"ID":   "{{id}}",
@@ -31,6 +37,10 @@ func DefaultRegistration() map[string]any {
 		"Meta": "{{$meta$}}",
 		"Connect": map[string]any{
 			"SidecarService": map[string]any{
+				"Checks": []any{map[string]any{
+					"Name":         "meshx: follows {{id}}",
+					"AliasService": "{{id}}",
+				}},
 				"Proxy": map[string]any{
 					"LocalServiceAddress": "{{address}}",
 					"LocalServicePort":    "{{$port$}}",

@@ -45,6 +45,21 @@ func TestMesh(t *testing.T) {
 		if side == nil || side.Proxy.DestinationServiceID != "web-testhost" {
 			t.Fatalf("web's sidecar = %+v", side)
 		}
+		// Its only check is an alias of web (meshx's TTL), not Consul's
+		// staggered TCP check.
+		checks, err := h.client().Agent().Checks()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sideChecks []*api.AgentCheck
+		for _, c := range checks {
+			if c.ServiceID == "web-testhost-sidecar-proxy" {
+				sideChecks = append(sideChecks, c)
+			}
+		}
+		if len(sideChecks) != 1 || sideChecks[0].Type != "alias" || sideChecks[0].Status != api.HealthPassing {
+			t.Errorf("sidecar checks = %s, want one passing alias", mustJSON(sideChecks))
+		}
 	})
 
 	t.Run("proxy killed is restarted and traffic resumes", func(t *testing.T) {

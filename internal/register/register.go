@@ -75,6 +75,20 @@ func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, fo
 			status = check.Status
 		}
 	}
+	if err := r.Register(ctx, pl, status); err != nil {
+		return "", err
+	}
+	if exists {
+		return Updated, nil
+	}
+	return Registered, nil
+}
+
+// Register sends pl to the agent whatever it holds, its TTL check with the
+// given status (a new check takes it; the agent keeps an existing check's).
+// Ensure is the idempotent form; this one is for when the registration must
+// be renewed although unchanged (a rotated ACL token).
+func (r *Registrar) Register(ctx context.Context, pl *plan.Plan, status string) error {
 	reg := *pl.Registration
 	reg.Checks = append(api.AgentServiceChecks{}, pl.Registration.Checks...)
 	for i, c := range reg.Checks {
@@ -86,12 +100,23 @@ func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, fo
 	}
 	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
 	if err := r.Agent.ServiceRegisterOpts(&reg, opts); err != nil {
-		return "", fmt.Errorf("register %s: %w", pl.ID, err)
+		return fmt.Errorf("register %s: %w", pl.ID, err)
 	}
-	if exists {
-		return Updated, nil
+	return nil
+}
+
+// DeregisterOwned deregisters id (and its sidecar) only if the agent holds
+// it as meshx's on this host: a stop must never remove what someone else
+// registered under the same id.
+func (r *Registrar) DeregisterOwned(ctx context.Context, id, sidecarID string) error {
+	cur, err := r.service(id, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return err
 	}
-	return Registered, nil
+	if cur != nil && !r.Owned(cur) {
+		return nil
+	}
+	return r.Deregister(ctx, id, sidecarID)
 }
 
 // service returns the agent's service id, or nil when it has none.

@@ -44,7 +44,7 @@ func (d *daemon) onProxyState(s supervisor.Status) {
 	d.mu.Unlock()
 	if s.State == supervisor.StateRunning && s.PID > 0 {
 		rec := fmt.Sprintf("%d %s\n", s.PID, startTime(s.PID))
-		_, _ = state.WriteRuntimeFile(d.o.Dirs.ProxyPIDPath(d.pl.Name), []byte(rec), 0o644)
+		_, _ = state.WriteRuntimeFile(d.o.Dirs.ProxyPIDPath(d.o.Service), []byte(rec), 0o644)
 	}
 	d.publish()
 }
@@ -85,7 +85,10 @@ func (d *daemon) probe(ctx context.Context) ttl.Health {
 	crit := func(format string, a ...any) ttl.Health {
 		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}
 	}
-	if d.sup != nil {
+	if len(d.pl.Proxy.Argv) > 0 {
+		if d.sup == nil {
+			return crit("proxy not running (not started)")
+		}
 		s := d.sup.Status()
 		if s.State != supervisor.StateRunning {
 			return crit("proxy not running (%s, %d restarts; last exit: %s)", s.State, s.Restarts, orNone(s.LastExit))
@@ -119,8 +122,12 @@ func orNone(s string) string {
 	return s
 }
 
-// publicPort is the sidecar's public (mTLS) port as the agent assigned it.
+// publicPort is the sidecar's public (mTLS) port: pinned in the plan, else
+// (a plan from an older meshx) as the agent assigned it.
 func (d *daemon) publicPort(ctx context.Context) (int, error) {
+	if d.pl.SidecarPort != 0 {
+		return d.pl.SidecarPort, nil
+	}
 	d.mu.Lock()
 	p := d.sidecarPort
 	d.mu.Unlock()

@@ -107,11 +107,15 @@ func (d *daemon) applyRules(ctx context.Context) error {
 	if _, err := state.WriteRuntimeFile(rulesMarker(d.o.Dirs, d.pl.Name), []byte("installed\n"), 0o644); err != nil {
 		return err
 	}
-	if err := r.Apply(ctx, d.pl.Transparent, d.sidecarPort, d.proxyUID()); err != nil {
+	port, err := d.publicPort(ctx)
+	if err != nil {
+		return err
+	}
+	if err := r.Apply(ctx, d.pl.Transparent, port, d.proxyUID()); err != nil {
 		return err
 	}
 	d.rulesIn = true
-	d.log.Info("transparent-proxy rules installed", "inbound_port", d.sidecarPort)
+	d.log.Info("transparent-proxy rules installed", "inbound_port", port)
 	return nil
 }
 
@@ -128,8 +132,14 @@ func (d *daemon) removeRules(ctx context.Context) error {
 	return removeMarked(ctx, r, d.o.Dirs, d.pl.Name, func() { d.rulesIn = false })
 }
 
+// removeMarked removes the rules even when ctx is cancelled, within ctx's
+// deadline if it has one, else 30s.
 func removeMarked(ctx context.Context, r Redirector, dirs state.Dirs, service string, done func()) error {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	budget := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		budget = time.Until(dl)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
 	defer cancel()
 	if err := r.Remove(rctx); err != nil {
 		return err

@@ -205,14 +205,24 @@ func upstreamRemoved(old, cur *plan.Plan) bool {
 }
 
 // reload re-reads the plan meshx-init rendered (after a config change or
-// connect/disconnect).
-func (d *daemon) reload(ctx context.Context) {
+// connect/disconnect). An error ends the run (exit 1): systemd or the
+// foreground fleet restarts meshx-proxy, which then starts from the new plan.
+func (d *daemon) reload(ctx context.Context) error {
 	pl, err := d.o.Dirs.LoadPlan(d.o.Service)
 	if err != nil {
 		d.log.Error("reload plan", "err", err)
-		return
+		return nil
 	}
 	old := d.pl
+	if pl.ID != old.ID {
+		// The heartbeat, the rules and the registration all hang on the id:
+		// retire the old one and start again under the new one.
+		d.log.Info("service id changed; deregistering the old id and restarting", "old_id", old.ID, "new_id", pl.ID)
+		if err := d.reg.DeregisterOwned(ctx, old.ID, old.SidecarID); err != nil {
+			d.log.Error("deregister old id", "err", err)
+		}
+		return errIDChanged
+	}
 	if (old.Transparent == nil) != (pl.Transparent == nil) {
 		// Turning transparent proxy on or off changes the unit's capabilities:
 		// meshx-init restarts the unit for it, and the new run applies it.
@@ -240,12 +250,22 @@ func (d *daemon) reload(ctx context.Context) {
 		// but never closes those of removed ones: a restart does.
 		d.log.Info("an upstream was removed; restarting the proxy to close its listener")
 	default:
-		return
+		return nil
 	}
+	return d.restartProxy(ctx)
+}
+
+var errIDChanged = errors.New("service id changed")
+
+// restartProxy stops the proxy and starts it again (new argv, env or
+// token). A failed start ends the run: a service must not look healthy with
+// no proxy behind it.
+func (d *daemon) restartProxy(ctx context.Context) error {
 	d.stopProxy()
 	if err := d.startProxy(ctx); err != nil {
-		d.log.Error("start proxy", "err", err)
+		return fmt.Errorf("restart proxy: %w", err)
 	}
+	return nil
 }
 
 // waitAgent waits for the agent as long as it takes, in rounds short enough
@@ -278,11 +298,15 @@ func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
 		case <-alive.C:
 			d.touch()
 			if token.changed() {
-				d.rotateToken(ctx)
+				if err := d.rotateToken(ctx); err != nil {
+					return err
+				}
 			}
 			continue
 		case <-d.o.Reload:
-			d.reload(ctx)
+			if err := d.reload(ctx); err != nil {
+				return err
+			}
 			continue
 		case err := <-d.supErr:
 			d.sup = nil
@@ -403,7 +427,7 @@ func (d *daemon) shutdown(loopErr error) error {
 	cancel()
 	if loopErr == nil {
 		ctx, cancel := step()
-		if err := d.reg.Deregister(ctx, d.pl.ID, d.pl.SidecarID); err != nil {
+		if err := d.reg.DeregisterOwned(ctx, d.pl.ID, d.pl.SidecarID); err != nil {
 			d.log.Error("deregister", "err", err)
 		} else {
 			d.log.Info("deregistered", "id", d.pl.ID)

@@ -40,23 +40,29 @@ func (w *tokenWatch) changed() bool {
 	return true
 }
 
-// rotateToken renews the agent client with the new token and restarts the
-// proxy so it gets the token too.
-func (d *daemon) rotateToken(ctx context.Context) {
+// rotateToken renews the agent client with the new token, registers the
+// service again with it (the agent syncs a service to the servers with the
+// token it was registered with, so the old token must stop being that one
+// before it is deleted), and restarts the proxy so it gets the token too.
+func (d *daemon) rotateToken(ctx context.Context) error {
 	cl, err := register.NewClient(d.o.Global.Consul)
 	if err != nil {
 		d.log.Error("ACL token file changed, but a client with it failed", "err", err)
-		return
+		return nil
 	}
 	d.cl = cl
 	d.reg.Agent = cl.Agent()
-	d.log.Info("ACL token file changed: using the new token; restarting the proxy with it")
-	if d.sup != nil {
-		d.stopProxy()
-		if err := d.startProxy(ctx); err != nil {
-			d.log.Error("start proxy", "err", err)
-		}
+	d.log.Info("ACL token file changed: using the new token; registering again and restarting the proxy with it")
+	d.mu.Lock()
+	status := d.st.Health
+	d.mu.Unlock()
+	if err := d.reg.Register(ctx, d.pl, status); err != nil {
+		d.log.Error("register with the new token", "err", err)
 	}
+	if d.sup == nil {
+		return nil
+	}
+	return d.restartProxy(ctx)
 }
 
 // agentRef lets the heartbeat follow d.cl across token rotations.

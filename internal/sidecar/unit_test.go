@@ -282,7 +282,7 @@ func testDaemon(t *testing.T, pl *plan.Plan, r Redirector) (*daemon, *[]string) 
 }
 
 func webPlan(transparent bool) *plan.Plan {
-	pl := &plan.Plan{Name: "web", ID: "web-h1", SidecarID: "web-h1-sidecar-proxy", CheckID: "meshx-ttl:web-h1"}
+	pl := &plan.Plan{Name: "web", ID: "web-h1", SidecarID: "web-h1-sidecar-proxy", SidecarPort: 21000, CheckID: "meshx-ttl:web-h1"}
 	if transparent {
 		pl.Transparent = &config.Transparent{OutboundPort: 15001}
 	}

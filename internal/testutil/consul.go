@@ -48,7 +48,16 @@ func StartConsul(t testing.TB, extraHCL string, args ...string) *Consul {
 	}
 	c.HTTPAddr = "127.0.0.1:" + strconv.Itoa(c.ports["http"])
 	c.start(t)
-	t.Cleanup(c.Stop)
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			log := c.Log()
+			if len(log) > 8000 {
+				log = "...\n" + log[len(log)-8000:]
+			}
+			t.Logf("consul agent log (end):\n%s", log)
+		}
+	})
 	return c
 }
 

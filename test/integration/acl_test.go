@@ -21,8 +21,11 @@ func TestACLAgent(t *testing.T) {
 	c := testutil.StartConsul(t, fmt.Sprintf(`acl {
   enabled = true
   default_policy = "deny"
-  tokens { initial_management = %q }
-}`, root))
+  tokens {
+    initial_management = %q
+    agent = %q  # the agent syncs deletions (and its node) with its own token
+  }
+}`, root, root))
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte(root+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -53,6 +56,20 @@ func TestACLAgent(t *testing.T) {
 		t.Errorf("registered without a token: %v", svcs)
 	}
 
+	// The services are registered with token a, which the rotation below
+	// replaces with b and then deletes.
+	mk := func() *api.ACLToken {
+		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: "meshx test",
+			Policies: []*api.ACLTokenPolicyLink{{ID: "00000000-0000-0000-0000-000000000001"}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	a, b := mk(), mk()
+	if err := os.WriteFile(tokenFile, []byte(a.SecretID+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: %q, binary: %q, token_file: %q}\nhostname: testhost\nports: {range: \"20950-20999\"}\n",
 		"http://"+c.HTTPAddr, testutil.ConsulBinary(t), tokenFile))
 	f := h.foreground()
@@ -75,15 +92,6 @@ func TestACLAgent(t *testing.T) {
 	waitBody(t, 30*time.Second, h.plan("client").Upstreams[0].Port, "hello with acls")
 
 	t.Run("rotation: a rewritten token file is picked up, the old token can go", func(t *testing.T) {
-		// Start from a token of its own, so the old one can be deleted.
-		mk := func() *api.ACLToken {
-			tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: "meshx test",
-				Policies: []*api.ACLTokenPolicyLink{{ID: "00000000-0000-0000-0000-000000000001"}}}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return tok
-		}
 		rotate := func(tok *api.ACLToken) {
 			t.Helper()
 			if err := os.WriteFile(tokenFile, []byte(tok.SecretID+"\n"), 0o600); err != nil {
@@ -98,8 +106,6 @@ func TestACLAgent(t *testing.T) {
 				return nil
 			})
 		}
-		a, b := mk(), mk()
-		rotate(a)
 		rotate(b)
 		if _, err := admin.ACL().TokenDelete(a.AccessorID, nil); err != nil {
 			t.Fatal(err)
@@ -110,6 +116,20 @@ func TestACLAgent(t *testing.T) {
 			t.Fatal(err)
 		}
 		passing(15*time.Second, "web-testhost")
+		// The servers see it too: the agent syncs the service with the token it
+		// was registered with, so rotation must have registered it again.
+		testutil.Eventually(t, 15*time.Second, func() error {
+			hc, _, err := admin.Health().Checks("web", nil)
+			if err != nil {
+				return err
+			}
+			for _, c := range hc {
+				if c.CheckID == "meshx-ttl:web-testhost" && c.Status == api.HealthPassing && c.Output != "knocked down by the test" {
+					return nil
+				}
+			}
+			return fmt.Errorf("catalog checks of web: %s", mustJSON(hc))
+		})
 		waitBody(t, 30*time.Second, h.plan("client").Upstreams[0].Port, "hello with acls")
 		if strings.Contains(f.out.String(), a.SecretID) || strings.Contains(f.out.String(), b.SecretID) {
 			t.Errorf("a token appears in the logs")
@@ -119,4 +139,15 @@ func TestACLAgent(t *testing.T) {
 	if strings.Contains(f.out.String(), root) {
 		t.Errorf("the token appears in the logs")
 	}
+	// No ghost in the catalog: the deregistration synced with the live token.
+	testutil.Eventually(t, 15*time.Second, func() error {
+		svcs, _, err := admin.Catalog().Services(nil)
+		if err != nil {
+			return err
+		}
+		if _, ok := svcs["web"]; ok {
+			return fmt.Errorf("web still in the catalog after stop: %v", svcs)
+		}
+		return nil
+	})
 }

@@ -56,7 +56,7 @@ func TestWithAgent(t *testing.T) {
 		}
 		for round, result := range []string{"registered", "unchanged"} {
 			out.Reset()
-			up, failed, err := registerAll(ctx, env, r, pls, false, onUp)
+			up, failed, err := registerAll(ctx, env, r, pls, false, onUp, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,7 +96,7 @@ func TestWithAgent(t *testing.T) {
 		pls := plans(t, env, 2)
 		writeFile(t, filepath.Join(env.Dirs.State, "services"), "a file where the plans dir should be")
 		called := 0
-		_, _, err := registerAll(ctx, env, r, pls, false, func(*plan.Plan) { called++ })
+		_, _, err := registerAll(ctx, env, r, pls, false, func(*plan.Plan) { called++ }, nil)
 		if err == nil || !strings.Contains(err.Error(), "save plan of") || called != 0 {
 			t.Errorf("err = %v, onUp called %d times; want a save error and no onUp", err, called)
 		}
@@ -112,7 +112,7 @@ func TestWithAgent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, failed, err := registerAll(ctx, env, r, l.Plans, false, func(*plan.Plan) {}); err != nil || failed != nil {
+		if _, failed, err := registerAll(ctx, env, r, l.Plans, false, func(*plan.Plan) {}, nil); err != nil || failed != nil {
 			t.Fatal(err, failed)
 		}
 		// api's file is broken now; ghost's file and plan are gone (a wiped

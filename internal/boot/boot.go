@@ -32,6 +32,7 @@ type Loaded struct {
 	Set      *config.Set
 	Plans    []*plan.Plan
 	Hostname string
+	notOwned map[string]bool // services refused by registration as someone else's
 }
 
 // Load reads and renders everything. A broken meshx.yaml is returned as an

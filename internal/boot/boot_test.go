@@ -172,7 +172,7 @@ func TestParseSpec(t *testing.T) {
 
 // TestKeepBroken: a service whose file is broken now keeps its last good
 // plan (its unit is left alone); one whose file is gone does not.
-func TestKeepBroken(t *testing.T) {
+func TestKeepRunning(t *testing.T) {
 	env, _ := testEnv(t, "")
 	web := service(t, env, "web.yaml", "version: 1\nservice: {name: web}\n")
 	api := service(t, env, "api.yaml", "version: 1\nservice: {name: api}\n")
@@ -197,19 +197,30 @@ func TestKeepBroken(t *testing.T) {
 	if len(l.Plans) != 1 || l.Plans[0].File != web || l.Set.Broken[api] == nil {
 		t.Fatalf("after the edits: %d plans, broken %v", len(l.Plans), l.Set.Broken)
 	}
-	got := keepBroken(env, l, l.Plans)
+	got := keepRunning(env, l, l.Plans)
 	var names []string
 	for _, pl := range got {
 		names = append(names, pl.Name)
 	}
 	if !reflect.DeepEqual(names, []string{"web", "api"}) {
-		t.Errorf("keepBroken = %v, want [web api]", names)
+		t.Errorf("keepRunning = %v, want [web api]", names)
 	}
 	if got[1].File != api || got[1].Port == 0 {
 		t.Errorf("api's kept plan: %+v", got[1])
 	}
 	if len(l.Plans) != 1 {
-		t.Errorf("keepBroken changed its input: %d plans", len(l.Plans))
+		t.Errorf("keepRunning changed its input: %d plans", len(l.Plans))
+	}
+
+	// A valid service whose registration failed in this run keeps its unit,
+	// unless it was refused as someone else's.
+	got = keepRunning(env, l, nil)
+	if len(got) != 2 {
+		t.Errorf("with web's registration failed: kept %d plans, want web and api", len(got))
+	}
+	l.notOwned = map[string]bool{"web": true}
+	if got = keepRunning(env, l, nil); len(got) != 1 || got[0].Name != "api" {
+		t.Errorf("with web not owned: kept %v, want api only", got)
 	}
 }
 

@@ -46,6 +46,9 @@ func (f *fleet) start(pl *plan.Plan) {
 		Name: "meshx-proxy " + pl.Name, Argv: argv, Logger: f.env.Log.With("service", pl.Name),
 		MaxRestarts: -1, StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
 		Output: os.Stderr, // meshx-proxy logs structured lines of its own
+		// Exit 2 is bad input (no plan, broken meshx.yaml): restarting
+		// cannot help, as the unit's RestartPreventExitStatus=2 says.
+		FinalExitCodes: []int{2},
 	})
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -91,7 +94,7 @@ func proxyBinary(p string) (string, error) {
 
 // signalReload tells a running meshx-proxy that its plan changed (SIGHUP).
 func signalReload(env Env, name string) {
-	if st, ok := env.Dirs.LoadStatus(name); ok && st.PID > 0 {
+	if st, ok := env.Dirs.LoadStatus(name); ok && st.Live() {
 		if err := syscall.Kill(st.PID, syscall.SIGHUP); err == nil {
 			env.Log.Info("asked meshx-proxy to reload its plan", "service", name, "pid", st.PID)
 		}
@@ -102,7 +105,7 @@ func signalReload(env Env, name string) {
 // out) and waits up to 30s for it to go. It reports whether one was running.
 func stopProxy(env Env, name string) bool {
 	st, ok := env.Dirs.LoadStatus(name)
-	if !ok || st.PID <= 0 || syscall.Kill(st.PID, syscall.SIGTERM) != nil {
+	if !ok || !st.Live() || syscall.Kill(st.PID, syscall.SIGTERM) != nil {
 		return false
 	}
 	for i := 0; i < 300; i++ {

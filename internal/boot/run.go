@@ -58,7 +58,8 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		}
 		onUp = fl.start
 	}
-	up, failed, err := registerAll(ctx, env, r, l.Plans, o.Force, onUp)
+	l.notOwned = map[string]bool{}
+	up, failed, err := registerAll(ctx, env, r, l.Plans, o.Force, onUp, l.notOwned)
 	if err != nil {
 		return err
 	}
@@ -67,7 +68,7 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 	}
 	useSystemd := o.Systemd == "yes" || (o.Systemd == "auto" && systemd.Available() && !o.Foreground)
 	if useSystemd {
-		if err := reconcileUnits(ctx, env, keepBroken(env, l, up)); err != nil {
+		if err := reconcileUnits(ctx, env, keepRunning(env, l, up)); err != nil {
 			failed = append(failed, err)
 		}
 	}
@@ -91,7 +92,7 @@ const registerWorkers = 4
 // plan order. A failed registration blocks only its service; err is only for
 // the state dir failing.
 func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*plan.Plan, force bool,
-	onUp func(*plan.Plan)) (up []*plan.Plan, failed []error, err error) {
+	onUp func(*plan.Plan), notOwned map[string]bool) (up []*plan.Plan, failed []error, err error) {
 	results := make([]register.Result, len(plans))
 	errs := make([]error, len(plans))
 	saveErrs := make([]error, len(plans))
@@ -124,6 +125,9 @@ func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*p
 		if errs[i] != nil {
 			env.Log.Error("register", "service_id", pl.ID, "err", errs[i])
 			failed = append(failed, errs[i])
+			if errors.Is(errs[i], register.ErrNotOwned) && notOwned != nil {
+				notOwned[pl.Name] = true
+			}
 			continue
 		}
 		fmt.Fprintf(env.Stdout, "%s\t%s\tport %d\t%s\n", pl.Name, pl.ID, pl.Port, results[i])
@@ -164,10 +168,20 @@ func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
 		errs = append(errs, forget(ctx, env, l, r, pl))
 		delete(owned, pl.ID)
 	}
-	// Owned registrations without any plan (state dir wiped): gone too.
+	// Owned registrations without any plan (state dir wiped), or under an id
+	// the service no longer has (service.id or hostname template changed):
+	// gone too.
+	idOf := map[string]string{}
+	for _, pl := range l.Plans {
+		idOf[pl.Name] = pl.ID
+	}
 	for id, s := range owned {
 		name := s.Meta[plan.MetaName]
 		if valid[name] {
+			if idOf[name] != id {
+				env.Log.Info("deregistering an owned service under an old id", "service_id", id, "now", idOf[name])
+				errs = append(errs, r.Deregister(ctx, id, id+"-sidecar-proxy"))
+			}
 			continue
 		}
 		if _, err := env.Dirs.LoadPlan(name); err == nil {
@@ -195,23 +209,33 @@ func forget(ctx context.Context, env Env, l *Loaded, r *register.Registrar, pl *
 	return env.Dirs.RemovePlan(pl.Name)
 }
 
-// keepBroken adds to up the last good plans of services whose file is broken
-// now, so their running units are left alone.
-func keepBroken(env Env, l *Loaded, up []*plan.Plan) []*plan.Plan {
+// keepRunning adds to up the last good plans of services that are still
+// configured but did not come up in this run: a file broken now, or a
+// registration that failed (a passing agent hiccup, a token not replicated
+// yet). Their running units are left alone; meshx-proxy registers its
+// service itself. A service refused as not owned is not kept.
+func keepRunning(env Env, l *Loaded, up []*plan.Plan) []*plan.Plan {
 	names, _ := env.Dirs.PlanNames()
 	have := map[string]bool{}
 	for _, pl := range up {
 		have[pl.Name] = true
+	}
+	configured := map[string]bool{}
+	for _, pl := range l.Plans {
+		configured[pl.Name] = true
 	}
 	out := append([]*plan.Plan{}, up...)
 	for _, n := range names {
 		if have[n] {
 			continue
 		}
-		if pl, err := env.Dirs.LoadPlan(n); err == nil {
-			if _, broken := l.Set.Broken[pl.File]; broken {
-				out = append(out, pl)
-			}
+		pl, err := env.Dirs.LoadPlan(n)
+		if err != nil {
+			continue
+		}
+		_, broken := l.Set.Broken[pl.File]
+		if broken || configured[n] && !l.notOwned[n] {
+			out = append(out, pl)
 		}
 	}
 	return out

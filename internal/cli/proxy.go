@@ -36,14 +36,16 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (do not restart).`,
 			if err != nil {
 				return err
 			}
-			gl, err := config.LoadGlobal(config.ConfigPath(g.dirs.Config))
-			if err != nil {
-				return err
-			}
 			name := args[0]
 			log = log.With("service", name)
 			if cleanup {
+				// Needs no meshx.yaml: a broken one must not keep a crashed
+				// meshx-proxy's rules in place.
 				return sidecar.Cleanup(c.Context(), g.dirs, name, netns, log)
+			}
+			gl, err := config.LoadGlobal(config.ConfigPath(g.dirs.Config))
+			if err != nil {
+				return err
 			}
 			o := sidecar.Options{Dirs: g.dirs, Global: gl, Service: name, Logger: log, Reload: reload,
 				Notify: func(s string) { _ = systemd.Notify(s) }}

@@ -111,25 +111,35 @@ func ProxyEnv(c config.Consul, base []string) ([]string, error) {
 var ErrAgentUnreachable = errors.New("consul agent unreachable")
 
 // WaitAgent retries until the agent answers /v1/status/leader (the lightest
-// call there is; its answer does not matter) or wait passes,
-// with exponential backoff (1s growing to 10s); each failure is logged.
+// call there is; its answer does not matter) or wait passes, with
+// exponential backoff and jitter (0.5s growing to 10s, the last sleep cut to
+// end at the deadline, so the last try is made at about wait); each failure
+// after the first is logged.
 func WaitAgent(ctx context.Context, cl *api.Client, addr string, wait time.Duration, log *slog.Logger) error {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 500*time.Millisecond, 10*time.Second
-	tries := 0
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
-		tries++
+	deadline := time.Now().Add(wait)
+	for tries := 1; ; tries++ {
 		_, err := cl.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
-		if err != nil && tries > 1 {
-			log.Warn("waiting for the consul agent", "address", addr, "attempt", tries, "err", err)
+		if err == nil {
+			return nil
 		}
-		return struct{}{}, err
-	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(wait))
-	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("%w at %s after %s (%d attempts): %v", ErrAgentUnreachable, addr, wait, tries, err)
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("%w at %s after %s (%d attempts): %v", ErrAgentUnreachable, addr, wait, tries, err)
+		}
+		if tries > 1 {
+			log.Warn("waiting for the consul agent", "address", addr, "attempt", tries, "err", err)
+		}
+		t := time.NewTimer(min(b.NextBackOff(), left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
-	return nil
 }

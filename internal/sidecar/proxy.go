@@ -43,7 +43,7 @@ func (d *daemon) onProxyState(s supervisor.Status) {
 	d.st.ProxyPID, d.st.ProxyState, d.st.Restarts = s.PID, string(s.State), s.Restarts
 	d.mu.Unlock()
 	if s.State == supervisor.StateRunning && s.PID > 0 {
-		rec := fmt.Sprintf("%d %s\n", s.PID, startTime(s.PID))
+		rec := fmt.Sprintf("%d %s\n", s.PID, state.ProcStart(s.PID))
 		_, _ = state.WriteRuntimeFile(d.o.Dirs.ProxyPIDPath(d.o.Service), []byte(rec), 0o644)
 	}
 	d.publish()
@@ -175,7 +175,7 @@ func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
 	}
 	pid, err := strconv.Atoi(f[0])
 	// The recorded start time guards against a reused pid.
-	if err != nil || pid <= 1 || startTime(pid) != f[1] {
+	if err != nil || pid <= 1 || state.ProcStart(pid) != f[1] {
 		return
 	}
 	log.Warn("stopping a proxy left by a previous meshx-proxy", "proxy_pid", pid)
@@ -188,26 +188,8 @@ func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
 	}
 }
 
-// startTime is a process's start time in clock ticks since boot ("" if gone).
-func startTime(pid int) string {
-	f := statFields(pid)
-	if len(f) < 20 {
-		return ""
-	}
-	return f[19] // field 22 of /proc/PID/stat; f starts at field 3
-}
-
-// statFields returns /proc/PID/stat's fields after the command name.
-func statFields(pid int) []string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil
-	}
-	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-}
-
 // alive: the process exists and is not a zombie.
 func alive(pid int) bool {
-	f := statFields(pid)
+	f := state.ProcStat(pid)
 	return len(f) > 0 && f[0] != "Z"
 }

@@ -95,7 +95,8 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
-	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), Health: api.HealthCritical, Since: time.Now()}
+	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), StartTime: state.ProcStart(os.Getpid()),
+		Health: api.HealthCritical, Since: time.Now()}
 	if pl.Transparent != nil && o.NewRedirector == nil {
 		return fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
 	}

@@ -110,9 +110,9 @@ func spawn(t *testing.T, argv ...string) (pid int, done <-chan struct{}) {
 
 func TestStartTimeAndAlive(t *testing.T) {
 	self := os.Getpid()
-	st := startTime(self)
+	st := state.ProcStart(self)
 	if n, err := strconv.ParseUint(st, 10, 64); err != nil || n == 0 {
-		t.Errorf("startTime(self) = %q, want clock ticks since boot", st)
+		t.Errorf("state.ProcStart(self) = %q, want clock ticks since boot", st)
 	}
 	if !alive(self) {
 		t.Error("alive(self) = false")
@@ -135,7 +135,7 @@ func TestStartTimeAndAlive(t *testing.T) {
 		return nil
 	})
 	// Fields 3 and 4 are the state and the parent's pid (this test).
-	if f := statFields(pid); len(f) < 20 || f[0] != "S" && f[0] != "R" || f[1] != strconv.Itoa(os.Getpid()) || startTime(pid) == "" || !alive(pid) {
+	if f := state.ProcStat(pid); len(f) < 20 || f[0] != "S" && f[0] != "R" || f[1] != strconv.Itoa(os.Getpid()) || state.ProcStart(pid) == "" || !alive(pid) {
 		t.Errorf("fields of a process named %q: %q", filepath.Base(link), f)
 	}
 
@@ -152,7 +152,7 @@ func TestStartTimeAndAlive(t *testing.T) {
 		return nil
 	})
 	_ = cmd.Wait()
-	if st, a := startTime(zombie), alive(zombie); st != "" || a {
+	if st, a := state.ProcStart(zombie), alive(zombie); st != "" || a {
 		t.Errorf("reaped pid %d: startTime %q, alive %v; want \"\", false", zombie, st, a)
 	}
 }
@@ -173,7 +173,7 @@ func TestKillStaleProxy(t *testing.T) {
 	t.Run("a reused pid is left alone", func(t *testing.T) {
 		d := testDirs(t)
 		pid, done := spawn(t, "sleep", "30")
-		st := startTime(pid)
+		st := state.ProcStart(pid)
 		n, _ := strconv.Atoi(st)
 		p := write(t, d, fmt.Sprintf("%d %d\n", pid, n+1))
 		KillStaleProxy(d, "web", testutil.Logger(t))
@@ -190,7 +190,7 @@ func TestKillStaleProxy(t *testing.T) {
 	t.Run("the recorded proxy is killed", func(t *testing.T) {
 		d := testDirs(t)
 		pid, done := spawn(t, "sleep", "30")
-		p := write(t, d, fmt.Sprintf("%d %s\n", pid, startTime(pid)))
+		p := write(t, d, fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid)))
 		KillStaleProxy(d, "web", testutil.Logger(t))
 		select {
 		case <-done:
@@ -211,7 +211,7 @@ func TestKillStaleProxy(t *testing.T) {
 			}
 			return nil
 		})
-		write(t, d, fmt.Sprintf("%d %s\n", pid, startTime(pid)))
+		write(t, d, fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid)))
 		start := time.Now()
 		KillStaleProxy(d, "web", testutil.Logger(t))
 		select {
@@ -222,7 +222,7 @@ func TestKillStaleProxy(t *testing.T) {
 		t.Logf("killed after %s", time.Since(start).Round(time.Millisecond))
 	})
 
-	for _, rec := range []string{"", "garbage", "12 34 56\n", "1 " + startTime(1) + "\n", "0 0\n", "-5 0\n", "x 1\n"} {
+	for _, rec := range []string{"", "garbage", "12 34 56\n", "1 " + state.ProcStart(1) + "\n", "0 0\n", "-5 0\n", "x 1\n"} {
 		t.Run(fmt.Sprintf("bad record %q", rec), func(t *testing.T) {
 			d := testDirs(t)
 			p := write(t, d, rec)
@@ -445,7 +445,7 @@ func TestCleanupWithoutPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid, done := spawn(t, "sleep", "30")
-	if _, err := state.WriteRuntimeFile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, startTime(pid))), 0o644); err != nil {
+	if _, err := state.WriteRuntimeFile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := Cleanup(context.Background(), d, "web", "", testutil.Logger(t)); err != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -187,6 +188,7 @@ type Status struct {
 	Service    string    `json:"service"`
 	ID         string    `json:"id"`
 	PID        int       `json:"pid"`
+	StartTime  string    `json:"start_time"` // of PID (ProcStart): guards signals against a reused pid
 	ProxyPID   int       `json:"proxy_pid"`
 	ProxyState string    `json:"proxy_state"`
 	Restarts   int       `json:"restarts"`
@@ -214,4 +216,29 @@ func (d Dirs) LoadStatus(name string) (Status, bool) {
 // RemoveStatus drops a meshx-proxy's published status.
 func (d Dirs) RemoveStatus(name string) {
 	_ = os.Remove(d.statusPath(name))
+}
+
+// ProcStart is a process's start time in clock ticks since boot, "" if it is
+// gone: with the pid it names one process, even after the pid is reused.
+func ProcStart(pid int) string {
+	f := ProcStat(pid)
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19] // field 22 of /proc/PID/stat; f starts at field 3
+}
+
+// ProcStat returns /proc/PID/stat's fields after the command name (which may
+// hold spaces and parentheses), or nil.
+func ProcStat(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+}
+
+// Live reports whether s's meshx-proxy is still the process that published it.
+func (s Status) Live() bool {
+	return s.PID > 0 && s.StartTime != "" && ProcStart(s.PID) == s.StartTime
 }

@@ -21,6 +21,10 @@ const (
 	DefaultStableAfter    = 60 * time.Second
 )
 
+// ErrFinalExit is wrapped by Run's error when the child exited with one of
+// Options.FinalExitCodes.
+var ErrFinalExit = errors.New("child exited with a final exit code")
+
 // ErrMissingCommand is returned by New when Options.Argv is empty or its first
 // element is the empty string.
 var ErrMissingCommand = errors.New("supervisor: missing command (Options.Argv)")
@@ -77,6 +81,11 @@ type Options struct {
 	// resets the restart counter and the backoff. Zero means
 	// DefaultStableAfter.
 	StableAfter time.Duration
+
+	// FinalExitCodes are exit codes after which the child is not restarted:
+	// Run returns an error wrapping ErrFinalExit (as systemd's
+	// RestartPreventExitStatus=). Nil means none.
+	FinalExitCodes []int
 
 	// Output, when not nil, receives the child's stdout and stderr lines as
 	// they are, instead of logging them through Logger: for a child that

@@ -25,6 +25,7 @@ const drainTimeout = 2 * time.Second
 type exitInfo struct {
 	reason  string        // "exit status 1", "signal: killed", or the wait error
 	success bool          // exit status 0
+	code    int           // exit status; -1 when killed by a signal or unknown
 	ran     time.Duration // from start to reap
 }
 
@@ -170,9 +171,9 @@ func logOutput(f *os.File, log *slog.Logger, level slog.Level, stream string, ra
 
 func describeExit(ps *os.ProcessState, err error, ran time.Duration) exitInfo {
 	if ps == nil {
-		return exitInfo{reason: fmt.Sprintf("wait: %v", err), ran: ran}
+		return exitInfo{reason: fmt.Sprintf("wait: %v", err), ran: ran, code: -1}
 	}
-	return exitInfo{reason: ps.String(), success: ps.Success(), ran: ran}
+	return exitInfo{reason: ps.String(), success: ps.Success(), ran: ran, code: ps.ExitCode()}
 }
 
 // signal sends sig to the child's process group, unless the child was

@@ -541,3 +541,21 @@ func TestOutputPassedThroughRaw(t *testing.T) {
 		t.Errorf("%d stdout lines also went to the logger, want none", n)
 	}
 }
+
+func TestFinalExitCodeNotRestarted(t *testing.T) {
+	h := runSupervisor(t, Options{Name: "final", Argv: []string{"/bin/sh", "-c", "exit 2"},
+		FinalExitCodes: []int{2}, BackoffInitial: time.Millisecond})
+	err := h.wait(10 * time.Second)
+	if !errors.Is(err, ErrFinalExit) {
+		t.Fatalf("Run = %v, want ErrFinalExit", err)
+	}
+	if n := h.starts(); n != 1 {
+		t.Errorf("started %d times, want once", n)
+	}
+	// Any other failing code is still restarted.
+	h2 := runSupervisor(t, Options{Name: "other", Argv: []string{"/bin/sh", "-c", "exit 1"},
+		FinalExitCodes: []int{2}, MaxRestarts: 2, BackoffInitial: time.Millisecond})
+	if err := h2.wait(10 * time.Second); !errors.Is(err, ErrGaveUp) {
+		t.Fatalf("exit 1: Run = %v, want ErrGaveUp after restarts", err)
+	}
+}

@@ -197,6 +197,11 @@ func (r *run) running() State {
 			}
 			r.s.log.Log(context.Background(), level, "child exited",
 				"child_pid", pid, "reason", ex.reason, "ran", ex.ran.Round(time.Millisecond), "restarts", r.restarts)
+			if slices.Contains(r.o.FinalExitCodes, ex.code) {
+				r.err = fmt.Errorf("supervise %s: %w (%s)", r.o.Name, ErrFinalExit, ex.reason)
+				r.s.log.Error("child exited with a final code; not restarting it", "reason", ex.reason)
+				return StateFailed
+			}
 			return r.afterExit(ex.success, ex.ran)
 		case <-stable.C:
 			if r.restarts > 0 {

@@ -177,3 +177,22 @@ func TestAgentUnreachable(t *testing.T) {
 		t.Errorf("a plan was saved although nothing was registered")
 	}
 }
+
+// TestIDChange: a service whose id template changed is registered under the
+// new id and its old id is deregistered, not left as a ghost.
+func TestIDChange(t *testing.T) {
+	c := testutil.StartConsul(t, "")
+	h := newHost(t, c, "")
+	h.service("web.yaml", "version: 1\nservice: {name: web}\n")
+	if r := h.init("run", "--systemd=no"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	h.service("web.yaml", "version: 1\nservice: {name: web, id: \"web-blue-{{hostname}}\"}\n")
+	if r := h.init("run", "--systemd=no"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	s := h.services()
+	if s["web-blue-testhost"] == nil || s["web-testhost"] != nil || s["web-testhost-sidecar-proxy"] != nil {
+		t.Fatalf("services now: %v", keys(s))
+	}
+}

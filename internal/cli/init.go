@@ -55,16 +55,23 @@ func unknownCommand(c *cobra.Command, args []string) error {
 
 type envFunc func(*cobra.Command) (boot.Env, error)
 
+// withEnv gives a command's body the Env its flags describe.
+func withEnv(env envFunc, body func(c *cobra.Command, e boot.Env, args []string) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		e, err := env(c)
+		if err != nil {
+			return err
+		}
+		return body(c, e, args)
+	}
+}
+
 func validateCmd(env envFunc) *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate",
 		Short: "Check meshx.yaml and every service-config; change nothing",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
+		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, _ []string) error {
 			l, err := boot.Load(e, true)
 			if err != nil {
 				return err
@@ -76,7 +83,7 @@ func validateCmd(env envFunc) *cobra.Command {
 				return l.Set.Err()
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -84,11 +91,7 @@ func renderCmd(env envFunc) *cobra.Command {
 	return &cobra.Command{
 		Use:   "render [service...]",
 		Short: "Print each service's final registration JSON and proxy argv; change nothing",
-		RunE: func(c *cobra.Command, args []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
+		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, args []string) error {
 			l, err := boot.Load(e, true)
 			if err != nil {
 				return err
@@ -113,7 +116,7 @@ func renderCmd(env envFunc) *cobra.Command {
 				return l.Set.Err()
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -129,11 +132,7 @@ service-config blocks only its own service; run then exits 2 after bringing up
 the others. With --foreground it instead supervises one meshx-proxy child per
 service and stays up until SIGINT or SIGTERM (hosts without systemd).`,
 		Args: exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
+		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, _ []string) error {
 			switch o.Systemd {
 			case "auto", "yes", "no":
 			default:
@@ -142,7 +141,7 @@ service and stays up until SIGINT or SIGTERM (hosts without systemd).`,
 			o.ProxyArgs = []string{"--config-dir", g.dirs.Config, "--state-dir", g.dirs.State,
 				"--runtime-dir", g.dirs.Runtime, "--log-level", g.logLevel}
 			return boot.Run(c.Context(), e, o)
-		},
+		}),
 	}
 	c.Flags().BoolVar(&o.Force, "force", false, "take over services with the same id registered by someone else")
 	c.Flags().StringVar(&o.Systemd, "systemd", "auto", "start meshx-proxy@ units: auto, yes or no")
@@ -157,13 +156,9 @@ func statusCmd(env envFunc) *cobra.Command {
 		Use:   "status",
 		Short: "One row per owned service: id, ports, check, meshx-proxy and proxy pids, restarts",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
+		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, _ []string) error {
 			return boot.Status(c.Context(), e, asJSON)
-		},
+		}),
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return c
@@ -174,13 +169,9 @@ func stopCmd(env envFunc) *cobra.Command {
 		Use:   "stop <service>",
 		Short: "Stop a service's meshx-proxy and deregister it (ports stay allocated)",
 		Args:  exactArgs(1, "one service name"),
-		RunE: func(c *cobra.Command, args []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
+		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, args []string) error {
 			return boot.Stop(c.Context(), e, args[0])
-		},
+		}),
 	}
 }
 
@@ -198,12 +189,8 @@ func upstreamsCmd(env envFunc, verb, short string, do func(context.Context, boot
 		Use:   verb + " <service> <upstream>...",
 		Short: short,
 		Args:  minArgs(2, "a service name and at least one upstream"),
-		RunE: func(c *cobra.Command, args []string) error {
-			e, err := env(c)
-			if err != nil {
-				return err
-			}
+		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, args []string) error {
 			return do(c.Context(), e, args[0], args[1:])
-		},
+		}),
 	}
 }

@@ -290,3 +290,11 @@ func mustJSON(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
 }
+
+// cacheDir is where scripts/build-consul.sh caches Consul.
+func cacheDir() string {
+	if d := os.Getenv("MESHX_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/meshx"
+}

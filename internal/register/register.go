@@ -40,33 +40,42 @@ func (r *Registrar) Owned(s *api.AgentService) bool {
 // (critical when it has none), so a changed registration does not flap the
 // check. force takes over a service meshx does not own.
 func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, force bool) (Result, error) {
+	res, _, err := r.EnsureCheck(ctx, pl, status, force)
+	return res, err
+}
+
+// EnsureCheck is Ensure that also says the TTL check's status in the agent
+// afterwards ("" when unknown): the agent keeps an existing check's status
+// across a registration, so a caller that needs it critical can tell whether
+// it must write it.
+func (r *Registrar) EnsureCheck(ctx context.Context, pl *plan.Plan, status string, force bool) (Result, string, error) {
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	// Ask for this service, its sidecar and its check only: listing everything
 	// for each of N services would cost O(N^2) at boot.
 	cur, err := r.service(pl.ID, q)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	exists := cur != nil
 	if exists && !r.Owned(cur) && !force {
-		return "", fmt.Errorf("register %s: %w (meta %s=%q, %s=%q); use --force to take it over",
+		return "", "", fmt.Errorf("register %s: %w (meta %s=%q, %s=%q); use --force to take it over",
 			pl.ID, ErrNotOwned, plan.MetaManaged, cur.Meta[plan.MetaManaged], plan.MetaHost, cur.Meta[plan.MetaHost])
 	}
 	var check *api.AgentCheck
 	if exists {
 		checks, err := r.Agent.ChecksWithFilterOpts(fmt.Sprintf("CheckID == %q", pl.CheckID), q)
 		if err != nil {
-			return "", fmt.Errorf("read check %s: %w", pl.CheckID, err)
+			return "", "", fmt.Errorf("read check %s: %w", pl.CheckID, err)
 		}
 		check = checks[pl.CheckID]
 	}
 	if exists && check != nil && r.Owned(cur) && cur.Meta[plan.MetaHash] == pl.Hash {
 		side, err := r.service(pl.SidecarID, q)
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		if side != nil {
-			return Unchanged, nil
+			return Unchanged, check.Status, nil
 		}
 	}
 	if status == "" {
@@ -75,13 +84,17 @@ func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, fo
 			status = check.Status
 		}
 	}
+	after := status // a new check takes it; an existing one keeps its own
+	if check != nil {
+		after = check.Status
+	}
 	if err := r.Register(ctx, pl, status); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if exists {
-		return Updated, nil
+		return Updated, after, nil
 	}
-	return Registered, nil
+	return Registered, after, nil
 }
 
 // Register sends pl to the agent whatever it holds, its TTL check with the

@@ -201,6 +201,16 @@ func TestRegistrar(t *testing.T) {
 		if c := a.check(t, pl.CheckID); c == nil || c.Status != api.HealthPassing {
 			t.Errorf("check: %+v; the agent now applies the registered status (re-check meshx-proxy's start)", c)
 		}
+		// EnsureCheck tells the caller what the check really is afterwards.
+		for _, p := range []*plan.Plan{pl2, pl} { // unchanged, then updated
+			if _, got, err := r.EnsureCheck(context.Background(), p, api.HealthCritical, false); err != nil || got != api.HealthPassing {
+				t.Errorf("EnsureCheck = %q, %v; want the kept status passing", got, err)
+			}
+		}
+		fresh := buildPlan(t, "h1", "/etc/meshx/services.d/fresh.yaml", "version: 1\nservice: {name: fresh}\n")
+		if res, got, err := r.EnsureCheck(context.Background(), fresh, api.HealthCritical, false); err != nil || res != Registered || got != api.HealthCritical {
+			t.Errorf("EnsureCheck of a new service = %s, %q, %v; want registered, critical", res, got, err)
+		}
 	})
 
 	t.Run("a missing part is put back", func(t *testing.T) {

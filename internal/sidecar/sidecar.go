@@ -132,17 +132,19 @@ func (d *daemon) run(ctx context.Context) error {
 		return d.exit(ctx, err)
 	}
 	d.status("registering " + d.pl.ID)
-	res, err := d.reg.Ensure(ctx, d.pl, api.HealthCritical, false)
+	res, check, err := d.reg.EnsureCheck(ctx, d.pl, api.HealthCritical, false)
 	if err != nil {
 		return d.exit(ctx, err)
 	}
-	d.log.Info("registration", "result", string(res))
+	d.log.Info("registration", "result", string(res), "check", check)
 	// The agent keeps an existing check's status across re-registration, so a
-	// check a killed meshx-proxy left passing would stay passing: say critical
-	// once, explicitly, before holding interim criticals back.
-	if err := ttl.Set(ctx, d.cl.Agent(), d.pl.CheckID, ttl.Health{Status: api.HealthCritical,
-		Output: "meshx-proxy starting: proxy not running yet"}); err != nil {
-		d.log.Warn("set check critical at start", "err", err)
+	// check a killed meshx-proxy left passing would stay passing: make it
+	// critical, explicitly, before holding interim criticals back.
+	if check != api.HealthCritical {
+		if err := ttl.Set(ctx, d.cl.Agent(), d.pl.CheckID, ttl.Health{Status: api.HealthCritical,
+			Output: "meshx-proxy starting: proxy not running yet"}); err != nil {
+			d.log.Warn("set check critical at start", "err", err)
+		}
 	}
 	if err := d.startProxy(ctx); err != nil {
 		return d.exit(ctx, err)

@@ -38,10 +38,13 @@ func TestACLAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Default deny covers intentions too: allow client -> web.
-	if _, _, err := admin.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "web",
-		Sources: []*api.SourceIntention{{Name: "client", Action: api.IntentionActionAllow}}}, nil); err != nil {
-		t.Fatal(err)
-	}
+	// A new server refuses intention writes for a moment ("read only while
+	// being upgraded to config entries"): retry until it takes them.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		_, _, err := admin.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "web",
+			Sources: []*api.SourceIntention{{Name: "client", Action: api.IntentionActionAllow}}}, nil)
+		return err
+	})
 	web := startApp(t, "hello with acls")
 	h.service("web.yaml", fmt.Sprintf(webYAML, web))
 	h.service("client.yaml", clientYAML)

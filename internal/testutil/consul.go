@@ -105,18 +105,7 @@ func (c *Consul) Stop() {
 	if c.cmd == nil || c.cmd.Process == nil {
 		return
 	}
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-		<-c.done
-	}
+	Interrupt(c.cmd.Process, c.done, 10*time.Second)
 }
 
 // Restart stops the agent and starts a new one on the same ports. A dev agent

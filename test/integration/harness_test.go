@@ -154,18 +154,8 @@ func (h *host) foreground() *fg {
 // stop sends SIGINT and waits (30s) for meshx-init and all its children.
 func (f *fg) stop(t testing.TB) {
 	t.Helper()
-	select {
-	case <-f.done:
-		return
-	default:
-	}
-	_ = f.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-f.done:
-	case <-time.After(30 * time.Second):
-		_ = syscall.Kill(-f.cmd.Process.Pid, syscall.SIGKILL)
+	if !testutil.Interrupt(f.cmd.Process, f.done, 30*time.Second) {
 		t.Errorf("meshx-init --foreground did not stop within 30s of SIGINT")
-		<-f.done
 	}
 }
 

@@ -68,20 +68,6 @@ func New(o Options) (*Heartbeat, error) {
 	return &Heartbeat{o: o}, nil
 }
 
-// Run beats at once and then every Interval until ctx ends.
-func (h *Heartbeat) Run(ctx context.Context) error {
-	t := time.NewTicker(h.o.Interval)
-	defer t.Stop()
-	for {
-		h.Beat(ctx)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
 // Beat probes once and writes the result, re-registering if the check is lost.
 func (h *Heartbeat) Beat(ctx context.Context) (Health, error) {
 	hl := h.o.Probe(ctx)

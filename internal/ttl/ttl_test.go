@@ -313,43 +313,6 @@ func TestOnBeatSeesEveryBeat(t *testing.T) {
 	}
 }
 
-// TestRunBeatsUntilCancel: Run beats at once, then every Interval, and
-// returns nil soon after its context ends.
-func TestRunBeatsUntilCancel(t *testing.T) {
-	a := &fakeAgent{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	beats := make(chan Health, 100)
-	h := newHeartbeat(t, Options{Agent: a, Interval: 20 * time.Millisecond, Probe: probes(passing, critical, passing),
-		OnBeat: func(hl Health, _ error) {
-			select {
-			case beats <- hl:
-			default:
-			}
-		}})
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	for i := range 3 {
-		select {
-		case <-beats:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("beat %d did not come", i)
-		}
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v, want nil at shutdown", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not end after cancel")
-	}
-	if a.count() < 3 {
-		t.Errorf("%d writes, want at least 3 (passing, critical, passing)", a.count())
-	}
-}
-
 func TestSet(t *testing.T) {
 	a := &fakeAgent{}
 	if err := Set(context.Background(), a, "c", critical); err != nil {

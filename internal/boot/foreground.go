@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/supervisor"
 )
 
@@ -109,7 +110,7 @@ func stopProxy(env Env, name string) bool {
 		return false
 	}
 	for i := 0; i < 300; i++ {
-		if syscall.Kill(st.PID, 0) != nil {
+		if !state.ProcAlive(st.PID) {
 			return true
 		}
 		if _, ok := env.Dirs.LoadStatus(name); !ok {

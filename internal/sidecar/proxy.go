@@ -180,16 +180,10 @@ func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
 	}
 	log.Warn("stopping a proxy left by a previous meshx-proxy", "proxy_pid", pid)
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
-	for i := 0; i < 50 && alive(pid); i++ {
+	for i := 0; i < 50 && state.ProcAlive(pid); i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if alive(pid) {
+	if state.ProcAlive(pid) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
-}
-
-// alive: the process exists and is not a zombie.
-func alive(pid int) bool {
-	f := state.ProcStat(pid)
-	return len(f) > 0 && f[0] != "Z"
 }

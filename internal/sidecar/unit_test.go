@@ -114,8 +114,8 @@ func TestStartTimeAndAlive(t *testing.T) {
 	if n, err := strconv.ParseUint(st, 10, 64); err != nil || n == 0 {
 		t.Errorf("state.ProcStart(self) = %q, want clock ticks since boot", st)
 	}
-	if !alive(self) {
-		t.Error("alive(self) = false")
+	if !state.ProcAlive(self) {
+		t.Error("ProcAlive(self) = false")
 	}
 
 	// A command name with ") (" in it must not shift the fields.
@@ -135,7 +135,7 @@ func TestStartTimeAndAlive(t *testing.T) {
 		return nil
 	})
 	// Fields 3 and 4 are the state and the parent's pid (this test).
-	if f := state.ProcStat(pid); len(f) < 20 || f[0] != "S" && f[0] != "R" || f[1] != strconv.Itoa(os.Getpid()) || state.ProcStart(pid) == "" || !alive(pid) {
+	if f := state.ProcStat(pid); len(f) < 20 || f[0] != "S" && f[0] != "R" || f[1] != strconv.Itoa(os.Getpid()) || state.ProcStart(pid) == "" || !state.ProcAlive(pid) {
 		t.Errorf("fields of a process named %q: %q", filepath.Base(link), f)
 	}
 
@@ -146,13 +146,13 @@ func TestStartTimeAndAlive(t *testing.T) {
 	}
 	zombie := cmd.Process.Pid
 	testutil.Eventually(t, 5*time.Second, func() error {
-		if alive(zombie) {
+		if state.ProcAlive(zombie) {
 			return errors.New("still alive")
 		}
 		return nil
 	})
 	_ = cmd.Wait()
-	if st, a := state.ProcStart(zombie), alive(zombie); st != "" || a {
+	if st, a := state.ProcStart(zombie), state.ProcAlive(zombie); st != "" || a {
 		t.Errorf("reaped pid %d: startTime %q, alive %v; want \"\", false", zombie, st, a)
 	}
 }
@@ -182,8 +182,8 @@ func TestKillStaleProxy(t *testing.T) {
 			t.Fatal("a process with another start time was killed")
 		default:
 		}
-		if !alive(pid) || !gone(p) {
-			t.Errorf("alive %v, pid file removed %v; want true, true", alive(pid), gone(p))
+		if !state.ProcAlive(pid) || !gone(p) {
+			t.Errorf("alive %v, pid file removed %v; want true, true", state.ProcAlive(pid), gone(p))
 		}
 	})
 
@@ -227,8 +227,8 @@ func TestKillStaleProxy(t *testing.T) {
 			d := testDirs(t)
 			p := write(t, d, rec)
 			KillStaleProxy(d, "web", testutil.Logger(t))
-			if !gone(p) || !alive(1) {
-				t.Errorf("pid file removed %v, init alive %v", gone(p), alive(1))
+			if !gone(p) || !state.ProcAlive(1) {
+				t.Errorf("pid file removed %v, init alive %v", gone(p), state.ProcAlive(1))
 			}
 		})
 	}

@@ -238,6 +238,12 @@ func ProcStat(pid int) []string {
 	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 }
 
+// ProcAlive reports whether pid exists and has not exited (a zombie has).
+func ProcAlive(pid int) bool {
+	f := ProcStat(pid)
+	return len(f) > 0 && f[0] != "Z"
+}
+
 // Live reports whether s's meshx-proxy is still the process that published it.
 func (s Status) Live() bool {
 	return s.PID > 0 && s.StartTime != "" && ProcStart(s.PID) == s.StartTime

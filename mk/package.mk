@@ -5,8 +5,9 @@
 #
 # The package's binaries are a release build of ./cmd/meshx-init and
 # ./cmd/meshx-proxy made here, hardened the way Debian checks for (PIE, full
-# RELRO, BIND_NOW through the external linker) and stripped; `make build`'s
-# bin/ is left alone.
+# RELRO, BIND_NOW through the external linker), stripped, and stamped with
+# MESHX_VERSION (internal/version); `make build`'s bin/ is left alone and
+# reports a development version.
 #
 # Knobs: MESHX_VERSION (default 0.1.0~git<commit date>.<hash>), MESHX_CACHE.
 
@@ -17,7 +18,9 @@ MESHX_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%
 # The staging directory packaging/nfpm.yaml takes the binaries and changelog from.
 PACKAGE_STAGE := .cache/pkgroot
 DEB := dist/meshx_$(MESHX_VERSION)_amd64.deb
-PACKAGE_LDFLAGS := -linkmode=external -extldflags '-Wl,-z,relro,-z,now'
+# -X: the version `meshx-init --version` and `meshx-proxy --version` print.
+PACKAGE_LDFLAGS := -linkmode=external -extldflags '-Wl,-z,relro,-z,now' \
+	-X github.com/meshx/meshx/internal/version.Version=$(MESHX_VERSION)
 # Debian changelog entry for this build, dated like the commit (reproducible).
 PACKAGE_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
 PACKAGE_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)

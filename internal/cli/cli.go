@@ -17,6 +17,7 @@ import (
 	"github.com/meshx/meshx/internal/sidecar"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/systemd"
+	"github.com/meshx/meshx/internal/version"
 )
 
 // Exit codes, the same for both commands.
@@ -66,6 +67,28 @@ func exitCode(err error) int {
 		return ExitInvalid
 	}
 	return ExitFailure
+}
+
+// withVersion gives a root command --version, printing "<name> <version>".
+func withVersion(root *cobra.Command) {
+	root.Version = version.String()
+	root.SetVersionTemplate(versionLine)
+}
+
+// versionLine is the cobra template of the --version output.
+const versionLine = "{{.Name}} {{.Version}}\n"
+
+// versionCmd is `version`: the same line as --version.
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version this binary was built as",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintf(c.OutOrStdout(), "%s %s\n", c.Root().Name(), version.String())
+			return err
+		},
+	}
 }
 
 // execute runs a cobra root with args and streams, and prints a failure once.

@@ -31,12 +31,13 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
 		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
 	g.bind(root)
+	withVersion(root)
 	env := func(c *cobra.Command) (boot.Env, error) {
 		log, err := g.logger(stderr)
 		return boot.Env{Dirs: g.dirs, Log: log, Stdout: c.OutOrStdout()}, err
 	}
 	root.AddCommand(validateCmd(env), renderCmd(env), runCmd(env, &g), statusCmd(env),
-		stopCmd(env), connectCmd(env), disconnectCmd(env))
+		stopCmd(env), connectCmd(env), disconnectCmd(env), versionCmd())
 	return execute(ctx, root, args, stdout, stderr)
 }
 

@@ -54,6 +54,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (do not restart).`,
 		},
 	}
 	g.bind(root)
+	withVersion(root)
 	root.Flags().BoolVar(&cleanup, "cleanup", false, "remove leftovers of a killed meshx-proxy and exit")
 	root.Flags().StringVar(&netns, "netns", "", "network namespace path for transparent-proxy rules (tests)")
 	_ = root.Flags().MarkHidden("netns")

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"io/fs"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +27,7 @@ type Global struct {
 	ProxyUser string // user the proxy runs as; "" = the user meshx-proxy runs as
 	Hostname  string // "" = os.Hostname()
 	Defaults  Defaults
+	Metrics   Metrics
 
 	fields locs // where the file wrote each field
 }
@@ -39,6 +44,23 @@ type Consul struct {
 	GRPCAddress   string        // for envoy mode; "" = the consul CLI's default
 	Binary        string        // the consul binary proxies run; default "consul" on PATH
 	Wait          time.Duration // how long to retry an unreachable agent; default 2m
+	// Login, when set, makes meshx get its token by logging in through an ACL
+	// auth method instead of reading TokenFile (the two exclude each other).
+	Login *Login
+}
+
+// Login is an ACL login through a Consul auth method (consul.login).
+type Login struct {
+	Method          string            // the auth method's name
+	BearerTokenFile string            // holds the bearer token (a JWT...) presented to it
+	Meta            map[string]string // set on the tokens the logins create
+}
+
+// Metrics is where each meshx-proxy serves Prometheus metrics: a port of its
+// own, allocated like the others, on IP.
+type Metrics struct {
+	Disabled bool       // metrics.enabled: false
+	IP       netip.Addr // default 127.0.0.1
 }
 
 // PortRange is where meshx allocates local ports (default ports.DefaultLow-High).
@@ -59,6 +81,11 @@ type rawGlobal struct {
 		GRPCAddress   string `yaml:"grpc_address"`
 		Binary        string `yaml:"binary"`
 		Wait          string `yaml:"wait"`
+		Login         *struct {
+			Method          string            `yaml:"method"`
+			BearerTokenFile string            `yaml:"bearer_token_file"`
+			Meta            map[string]string `yaml:"meta"`
+		} `yaml:"login"`
 	} `yaml:"consul"`
 	Ports struct {
 		IP    string `yaml:"ip"`
@@ -77,6 +104,10 @@ type rawGlobal struct {
 		} `yaml:"proxy"`
 		Registration map[string]any `yaml:"registration"`
 	} `yaml:"defaults"`
+	Metrics struct {
+		Enabled *bool  `yaml:"enabled"`
+		IP      string `yaml:"ip"`
+	} `yaml:"metrics"`
 }
 
 // LoadGlobal reads meshx.yaml; a missing file means all defaults.
@@ -130,6 +161,20 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 		}
 	}
 	g.Consul.Wait = parseDur(c.Wait, func(msg string) { at("consul.wait", "%s", msg) })
+	if l := c.Login; l != nil {
+		g.Consul.Login = &Login{Method: l.Method, BearerTokenFile: l.BearerTokenFile, Meta: l.Meta}
+		checkLogin(g.Consul.Login, c.TokenFile != "", at)
+	}
+	if m := r.Metrics; m.Enabled != nil || m.IP != "" {
+		g.Metrics.Disabled = m.Enabled != nil && !*m.Enabled
+		if m.IP != "" {
+			ip, err := netip.ParseAddr(m.IP)
+			if err != nil {
+				at("metrics.ip", "not an IP address: %q", m.IP)
+			}
+			g.Metrics.IP = ip
+		}
+	}
 	if r.Ports.IP != "" {
 		ip, err := netip.ParseAddr(r.Ports.IP)
 		if err != nil {
@@ -215,6 +260,36 @@ func (g *Global) setDefaults() {
 	}
 	if g.Consul.Binary == "" {
 		g.Consul.Binary = "consul"
+	}
+	if !g.Metrics.IP.IsValid() {
+		g.Metrics.IP = netip.MustParseAddr("127.0.0.1")
+	}
+}
+
+// authMethodRE is what Consul accepts as an auth method's name.
+var authMethodRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+// checkLogin validates consul.login.
+func checkLogin(l *Login, tokenFile bool, at func(field, format string, args ...any)) {
+	if tokenFile {
+		at("consul.login", "use either consul.token_file or consul.login, not both")
+	}
+	switch {
+	case l.Method == "":
+		at("consul.login", "method: missing: the name of the ACL auth method to log in with")
+	case !authMethodRE.MatchString(l.Method):
+		at("consul.login.method", "invalid auth method name %q: use letters, digits, '-' and '_'", l.Method)
+	}
+	switch {
+	case l.BearerTokenFile == "":
+		at("consul.login", "bearer_token_file: missing: the file holding the bearer token (a JWT) to present")
+	case !filepath.IsAbs(l.BearerTokenFile):
+		at("consul.login.bearer_token_file", "must be an absolute path, not %q", l.BearerTokenFile)
+	}
+	for _, k := range slices.Sorted(maps.Keys(l.Meta)) {
+		if k == "" {
+			at("consul.login.meta", "a meta key must not be empty")
+		}
 	}
 }
 

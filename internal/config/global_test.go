@@ -15,8 +15,9 @@ import (
 
 func defaultGlobal() Global {
 	return Global{
-		Consul: Consul{Binary: "consul", Wait: DefaultWait},
-		Ports:  PortRange{IP: netip.MustParseAddr("127.0.0.1"), Low: ports.DefaultLow, High: ports.DefaultHigh},
+		Consul:  Consul{Binary: "consul", Wait: DefaultWait},
+		Ports:   PortRange{IP: netip.MustParseAddr("127.0.0.1"), Low: ports.DefaultLow, High: ports.DefaultHigh},
+		Metrics: Metrics{IP: netip.MustParseAddr("127.0.0.1")},
 	}
 }
 
@@ -78,6 +79,13 @@ func TestParseGlobal(t *testing.T) {
 				g.Defaults = Defaults{Check: Check{TTL: 30 * time.Second, Interval: 10 * time.Second, Probe: ProbeNone},
 					ProxyMode: ModeEnvoy, Registration: map[string]any{"Meta": map[string]any{"rack": "r1"}}}
 			}},
+		{"login", "version: 1\nconsul:\n  login:\n    method: vm-jwt\n    bearer_token_file: /run/identity/jwt\n    meta: {host: vm1}\n",
+			func(g *Global) {
+				g.Consul.Login = &Login{Method: "vm-jwt", BearerTokenFile: "/run/identity/jwt", Meta: map[string]string{"host": "vm1"}}
+			}},
+		{"metrics off", "version: 1\nmetrics: {enabled: false}\n", func(g *Global) { g.Metrics.Disabled = true }},
+		{"metrics on all addresses", "version: 1\nmetrics: {enabled: true, ip: 0.0.0.0}\n",
+			func(g *Global) { g.Metrics.IP = netip.MustParseAddr("0.0.0.0") }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -154,13 +162,31 @@ func TestParseGlobalBad(t *testing.T) {
 				`meshx.yaml:4: defaults.check.probe: unknown probe "http" (tcp or none)`,
 				`meshx.yaml:6: defaults.registration.Meta: every key of a template mapping must be a string`,
 			}},
+		{"login and token file", "version: 1\nconsul:\n  token_file: /etc/meshx/token\n  login:\n    method: m\n    bearer_token_file: /run/jwt\n",
+			[]string{"meshx.yaml:4: consul.login: use either consul.token_file or consul.login, not both"}},
+		{"login incomplete", "version: 1\nconsul:\n  login: {meta: {a: b}}\n",
+			[]string{
+				"meshx.yaml:3: consul.login: method: missing: the name of the ACL auth method to log in with",
+				"meshx.yaml:3: consul.login: bearer_token_file: missing: the file holding the bearer token (a JWT) to present",
+			}},
+		{"login bad values", "version: 1\nconsul:\n  login:\n    method: \"my method\"\n    bearer_token_file: jwt\n    metod: x\n",
+			[]string{
+				`meshx.yaml:4: consul.login.method: invalid auth method name "my method": use letters, digits, '-' and '_'`,
+				`meshx.yaml:5: consul.login.bearer_token_file: must be an absolute path, not "jwt"`,
+				"meshx.yaml:6: consul.login.metod: unknown field; did you mean method?",
+			}},
+		{"metrics bad", "version: 1\nmetrics:\n  enabled: maybe\n  ip: localhost\n",
+			[]string{
+				"meshx.yaml:3: metrics.enabled: must be true or false, not the string \"maybe\"",
+				`meshx.yaml:4: metrics.ip: not an IP address: "localhost"`,
+			}},
 		{"every problem at once", "version: 1\nconsul:\n  address: ftp://x\n  wait: x\nports:\n  ip: x\n  range: 21000-21001\nbogus: 1\n",
 			[]string{
 				`meshx.yaml:3: consul.address: address must start with http://, https:// or unix://, not "ftp://x"`,
 				`meshx.yaml:4: consul.wait: not a duration (like 10s or 2m): "x"`,
 				`meshx.yaml:6: ports.ip: not an IP address: "x"`,
 				"meshx.yaml:7: ports.range: port range 21000-21001 overlaps Consul's sidecar proxy ports 21000-21255",
-				"meshx.yaml:8: bogus: unknown field (known here: version, consul, ports, proxy_user, hostname, defaults)",
+				"meshx.yaml:8: bogus: unknown field (known here: version, consul, ports, proxy_user, hostname, defaults, metrics)",
 			}},
 	}
 	for _, tt := range tests {

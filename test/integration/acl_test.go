@@ -18,25 +18,12 @@ import (
 // registration is refused and nothing is left behind.
 func TestACLAgent(t *testing.T) {
 	const root = "8a9f1c34-5b1e-4c55-9d3e-meshx0000001"
-	c := testutil.StartConsul(t, fmt.Sprintf(`acl {
-  enabled = true
-  default_policy = "deny"
-  tokens {
-    initial_management = %q
-    agent = %q  # the agent syncs deletions (and its node) with its own token
-  }
-}`, root, root))
+	c, admin := testutil.StartACLConsul(t, root)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte(root+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h := newHost(t, c, "")
-	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Token = c.HTTPAddr, root
-	admin, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Default deny covers intentions too: allow client -> web.
 	// A new server refuses intention writes for a moment ("read only while
 	// being upgraded to config entries"): retry until it takes them.

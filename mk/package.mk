@@ -1,13 +1,15 @@
 # `make package`: builds dist/meshx_<version>_amd64.deb with nfpm, pinned in
 # tools/nfpm and built once into $(MESHX_CACHE) (like scripts/build-consul.sh
-# does for Consul). `make package-lint` runs lintian on it (no errors allowed).
+# does for Consul). `make package-lint` runs lintian on it (no errors or
+# warnings allowed).
 # Included by the Makefile.
 #
 # The package's binaries are a release build of ./cmd/meshx-init and
 # ./cmd/meshx-proxy made here, hardened the way Debian checks for (PIE, full
 # RELRO, BIND_NOW through the external linker), stripped, and stamped with
 # MESHX_VERSION (internal/version); `make build`'s bin/ is left alone and
-# reports a development version.
+# reports a development version. The man pages and bash completions are
+# generated from the command definitions (internal/cli/gendocs).
 #
 # Knobs: MESHX_VERSION (default 0.1.0~git<commit date>.<hash>), MESHX_CACHE.
 
@@ -23,6 +25,8 @@ PACKAGE_LDFLAGS := -linkmode=external -extldflags '-Wl,-z,relro,-z,now' \
 	-X github.com/meshx/meshx/internal/version.Version=$(MESHX_VERSION)
 # Debian changelog entry for this build, dated like the commit (reproducible).
 PACKAGE_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
+# The man pages' date: the commit's, so the package is reproducible.
+PACKAGE_EPOCH := $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 PACKAGE_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 .PHONY: package package-lint nfpm
@@ -33,6 +37,9 @@ package: $(NFPM)
 	GOTOOLCHAIN=local go build -buildmode=pie -trimpath -ldflags "$(PACKAGE_LDFLAGS)" \
 		-o $(PACKAGE_STAGE)/ ./cmd/meshx-init ./cmd/meshx-proxy
 	strip --strip-unneeded --remove-section=.comment $(PACKAGE_STAGE)/meshx-init $(PACKAGE_STAGE)/meshx-proxy
+	SOURCE_DATE_EPOCH=$(PACKAGE_EPOCH) GOTOOLCHAIN=local go run ./internal/cli/gendocs \
+		-out $(PACKAGE_STAGE) -version '$(MESHX_VERSION)'
+	gzip -9n $(PACKAGE_STAGE)/man/*.8
 	printf 'meshx (%s) unstable; urgency=medium\n\n  * Build of commit %s.\n\n -- meshx maintainers <meshx@example.org>  %s\n' \
 		'$(MESHX_VERSION)' '$(PACKAGE_COMMIT)' '$(PACKAGE_DATE)' | gzip -9n >$(PACKAGE_STAGE)/changelog.gz
 	libc=$$(objdump -T $(PACKAGE_STAGE)/meshx-init $(PACKAGE_STAGE)/meshx-proxy | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1); \
@@ -41,7 +48,7 @@ package: $(NFPM)
 	@echo $(DEB)
 
 package-lint: package
-	lintian --fail-on error --display-info $(DEB)
+	lintian --fail-on error,warning --display-info $(DEB)
 
 nfpm: $(NFPM)
 

@@ -41,6 +41,18 @@ func (g *globals) bind(c *cobra.Command) {
 	f.StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
 }
 
+// completeServices completes a service name: one with a rendered plan in
+// --state-dir. Only the first argument is a service, unless every is.
+func (g *globals) completeServices(every bool) cobra.CompletionFunc {
+	return func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+		if len(args) > 0 && !every {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		names, _ := g.dirs.PlanNames()
+		return names, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
 func (g *globals) logger(w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(g.logLevel)); err != nil {

@@ -15,6 +15,11 @@ import (
 
 // InitMain is meshx-init.
 func InitMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return execute(ctx, initRoot(stderr), args, stdout, stderr)
+}
+
+// initRoot is meshx-init's command tree; its commands log to stderr.
+func initRoot(stderr io.Writer) *cobra.Command {
 	var g globals
 	root := &cobra.Command{
 		Use:   "meshx-init",
@@ -38,7 +43,15 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
 	}
 	root.AddCommand(validateCmd(env), renderCmd(env), runCmd(env, &g), statusCmd(env),
 		stopCmd(env), connectCmd(env), disconnectCmd(env), versionCmd())
-	return execute(ctx, root, args, stdout, stderr)
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "render":
+			c.ValidArgsFunction = g.completeServices(true)
+		case "stop", "connect", "disconnect":
+			c.ValidArgsFunction = g.completeServices(false)
+		}
+	}
+	return root
 }
 
 // unknownCommand refuses arguments to the root command, which are a

@@ -13,6 +13,11 @@ import (
 
 // ProxyMain is meshx-proxy. reload yields on SIGHUP.
 func ProxyMain(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) int {
+	return execute(ctx, proxyRoot(stderr, reload), args, stdout, stderr)
+}
+
+// proxyRoot is meshx-proxy's command; it logs to stderr.
+func proxyRoot(stderr io.Writer, reload <-chan struct{}) *cobra.Command {
 	var g globals
 	var cleanup bool
 	var netns string
@@ -55,8 +60,9 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (do not restart).`,
 	}
 	g.bind(root)
 	withVersion(root)
+	root.ValidArgsFunction = g.completeServices(false)
 	root.Flags().BoolVar(&cleanup, "cleanup", false, "remove leftovers of a killed meshx-proxy and exit")
 	root.Flags().StringVar(&netns, "netns", "", "network namespace path for transparent-proxy rules (tests)")
 	_ = root.Flags().MarkHidden("netns")
-	return execute(ctx, root, args, stdout, stderr)
+	return root
 }

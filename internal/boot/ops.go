@@ -23,6 +23,7 @@ type Row struct {
 	ID        string          `json:"id"`
 	Port      int             `json:"port"`
 	Upstreams []plan.Upstream `json:"upstreams,omitempty"`
+	Metrics   string          `json:"metrics,omitempty"` // where meshx-proxy serves Prometheus metrics
 	Check     string          `json:"check"`
 	Output    string          `json:"output,omitempty"`
 	PID       int             `json:"meshx_proxy_pid,omitempty"`
@@ -56,7 +57,7 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 		if err != nil {
 			return err
 		}
-		r := Row{Service: pl.Name, ID: pl.ID, Port: pl.Port, Upstreams: pl.Upstreams, Check: "absent"}
+		r := Row{Service: pl.Name, ID: pl.ID, Port: pl.Port, Upstreams: pl.Upstreams, Metrics: pl.MetricsAddress, Check: "absent"}
 		if c := checks[pl.CheckID]; c != nil {
 			r.Check, r.Output = c.Status, c.Output
 		} else if agentErr != "" {
@@ -73,14 +74,14 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 		return enc.Encode(rows)
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tID\tPORT\tUPSTREAMS\tCHECK\tMESHX-PROXY\tPROXY PID\tRESTARTS")
+	fmt.Fprintln(tw, "SERVICE\tID\tPORT\tUPSTREAMS\tMETRICS\tCHECK\tMESHX-PROXY\tPROXY PID\tRESTARTS")
 	for _, r := range rows {
 		ups := make([]string, len(r.Upstreams))
 		for i, u := range r.Upstreams {
 			ups[i] = u.Name + "=" + strconv.Itoa(u.Port)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Service, r.ID, r.Port, orDash(strings.Join(ups, ",")),
-			r.Check, pidText(r.PID), pidText(r.ProxyPID), r.Restarts)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", r.Service, r.ID, r.Port, orDash(strings.Join(ups, ",")),
+			orDash(r.Metrics), r.Check, pidText(r.PID), pidText(r.ProxyPID), r.Restarts)
 	}
 	return tw.Flush()
 }

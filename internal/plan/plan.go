@@ -55,7 +55,21 @@ type Plan struct {
 	Proxy     Proxy      `json:"proxy"`
 	// Transparent is set when the service enables transparent proxy.
 	Transparent *config.Transparent `json:"transparent,omitempty"`
+	// MetricsAddress is where meshx-proxy serves Prometheus metrics
+	// (ip:port, path MetricsPath); "" when metrics are off.
+	MetricsAddress string `json:"metrics_address,omitempty"`
 }
+
+// MetricsPath is the URL path of meshx-proxy's metrics.
+const MetricsPath = "/metrics"
+
+// Meta keys of the sidecar registration that say where its meshx-proxy serves
+// metrics, as Prometheus's Consul service discovery exposes them
+// (__meta_consul_service_metadata_prometheus_port, ..._path).
+const (
+	MetaPrometheusPort = "prometheus_port"
+	MetaPrometheusPath = "prometheus_path"
+)
 
 // Upstream is one locally bound upstream.
 type Upstream struct {
@@ -96,6 +110,8 @@ type Ports struct {
 	Sidecar   int            // the sidecar's public port
 	Admin     int            // envoy admin; 0 unless mode envoy
 	Metrics   int            // envoy's merged metrics; 0 unless proxy.prometheus_scrape_path
+	// ProxyMetrics is meshx-proxy's own metrics port; 0 when metrics are off.
+	ProxyMetrics int
 }
 
 // Keys used with the port allocator.
@@ -104,6 +120,7 @@ func UpstreamPortKey(id, upstream string) string { return "upstream/" + id + "/"
 func AdminPortKey(id string) string              { return "envoy-admin/" + id }
 func SidecarPortKey(id string) string            { return "sidecar/" + id }
 func MetricsPortKey(id string) string            { return "envoy-metrics/" + id }
+func ProxyMetricsPortKey(id string) string       { return "metrics/" + id }
 
 // PortKeys are the allocator keys of every port the plan holds (to release
 // them when the service is gone).
@@ -117,6 +134,9 @@ func (pl *Plan) PortKeys() []string {
 	}
 	if pl.Proxy.MetricsPort != 0 {
 		keys = append(keys, MetricsPortKey(pl.ID))
+	}
+	if pl.MetricsAddress != "" {
+		keys = append(keys, ProxyMetricsPortKey(pl.ID))
 	}
 	return keys
 }
@@ -222,6 +242,10 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 	}
 	if s.Proxy.PrometheusScrapePath != "" {
 		vars["metrics_port"] = p.Metrics
+	}
+	if !h.Global.Metrics.Disabled {
+		pl.MetricsAddress = netip.AddrPortFrom(h.Global.Metrics.IP, uint16(p.ProxyMetrics)).String()
+		vars["proxy_metrics_port"] = p.ProxyMetrics
 	}
 	if err := pl.buildRegistration(s, h, vars); err != nil {
 		return nil, err

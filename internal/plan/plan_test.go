@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -181,6 +182,10 @@ registration:
   Tags: null
   Meta: null
 `},
+		{name: "metrics-off", global: "version: 1\nmetrics: {enabled: false}\n", file: "web.yaml",
+			in: "version: 1\nservice: {name: web, port: 8080}\n"},
+		{name: "metrics-on-all-addresses", global: "version: 1\nmetrics: {ip: 0.0.0.0}\n", file: "web.yaml",
+			in: "version: 1\nservice: {name: web, port: 8080}\n"},
 		{name: "address-written", file: "web.yaml", in: "version: 1\nservice: {name: web, address: 10.0.0.5, port: 8080}\n"},
 		{name: "global-defaults", global: `version: 1
 hostname: ignored-here
@@ -242,6 +247,9 @@ registration:
 
 func portsOf(pl *Plan) Ports {
 	p := Ports{Service: pl.Port, Sidecar: pl.SidecarPort, Admin: pl.Proxy.AdminPort, Metrics: pl.Proxy.MetricsPort, Upstreams: map[string]int{}}
+	if ap, err := netip.ParseAddrPort(pl.MetricsAddress); err == nil {
+		p.ProxyMetrics = int(ap.Port())
+	}
 	for _, u := range pl.Upstreams {
 		p.Upstreams[u.Key] = u.Port
 	}
@@ -264,11 +272,13 @@ func TestBuildAllocates(t *testing.T) {
 		{Key: "sidecar/a-h1"},
 		{Key: "upstream/a-h1/db", Fixed: 9191, Down: true},
 		{Key: "upstream/a-h1/cache", Down: true},
+		{Key: "metrics/a-h1"},
 		{Key: "service/b-h1"},
 		{Key: "sidecar/b-h1"},
 		{Key: "upstream/b-h1/a", Down: true},
 		{Key: "envoy-admin/b-h1"},
 		{Key: "envoy-metrics/b-h1"},
+		{Key: "metrics/b-h1"},
 	}
 	if !slices.Equal(fa.reqs, want) {
 		t.Errorf("requests:\n%v\nwant\n%v", fa.reqs, want)

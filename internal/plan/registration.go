@@ -105,11 +105,16 @@ const globalRegistration = "defaults.registration"
 func isGlobal(path string) bool { return strings.HasPrefix(path, globalRegistration) }
 
 func (pl *Plan) buildRegistration(s *config.Service, h Host, vars template.Vars) error {
+	base := baseTemplate(s)
+	if !h.Global.Metrics.Disabled {
+		base = template.Merge(base, map[string]any{"Connect": map[string]any{"SidecarService": map[string]any{
+			"Meta": map[string]any{MetaPrometheusPort: "{{proxy_metrics_port}}", MetaPrometheusPath: MetricsPath}}}})
+	}
 	layers := []struct {
 		tmpl map[string]any
 		path string
 	}{
-		{baseTemplate(s), "registration"},
+		{base, "registration"},
 		{h.Global.Defaults.Registration, globalRegistration},
 		{s.Registration, "registration"},
 	}

@@ -76,6 +76,9 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 		if s.Proxy.PrometheusScrapePath != "" {
 			reqs = append(reqs, ports.Request{Key: MetricsPortKey(id)})
 		}
+		if !h.Global.Metrics.Disabled {
+			reqs = append(reqs, ports.Request{Key: ProxyMetricsPortKey(id)})
+		}
 	}
 	got, err := alloc(reqs)
 	if err != nil {
@@ -85,7 +88,7 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	for _, s := range set.Services {
 		id, _ := RenderID(s, h.Hostname)
 		p := Ports{Service: got[ServicePortKey(id)], Sidecar: got[SidecarPortKey(id)], Admin: got[AdminPortKey(id)],
-			Metrics: got[MetricsPortKey(id)], Upstreams: map[string]int{}}
+			Metrics: got[MetricsPortKey(id)], ProxyMetrics: got[ProxyMetricsPortKey(id)], Upstreams: map[string]int{}}
 		for _, u := range upstreams(s, extra[s.Name]) {
 			p.Upstreams[u.Key()] = got[UpstreamPortKey(id, u.Key())]
 		}
@@ -104,7 +107,7 @@ const sidecarSuffix = "-sidecar-proxy"
 
 // placeholderPorts are ports for a dry render: every port set, none real.
 func placeholderPorts(s *config.Service, extra []config.Upstream) Ports {
-	p := Ports{Service: 1, Sidecar: 1, Admin: 1, Metrics: 1, Upstreams: map[string]int{}}
+	p := Ports{Service: 1, Sidecar: 1, Admin: 1, Metrics: 1, ProxyMetrics: 1, Upstreams: map[string]int{}}
 	for _, u := range upstreams(s, extra) {
 		p.Upstreams[u.Key()] = 1
 	}

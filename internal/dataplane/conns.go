@@ -1,0 +1,86 @@
+package dataplane
+
+import (
+	"context"
+	"net"
+	"sync"
+)
+
+// tracked is one proxied connection: both ends, and for inbound ones the
+// verified source (re-checked when intentions change).
+type tracked struct {
+	a, b   net.Conn
+	source *ServiceID
+}
+
+func (t *tracked) close() {
+	t.a.Close()
+	t.b.Close()
+}
+
+// connSet holds the open connections, for drain, re-authorization and close.
+type connSet struct {
+	mu    sync.Mutex
+	set   map[*tracked]struct{}
+	empty chan struct{} // closed while the set is empty
+}
+
+func newConnSet() *connSet {
+	e := make(chan struct{})
+	close(e)
+	return &connSet{set: map[*tracked]struct{}{}, empty: e}
+}
+
+func (s *connSet) add(t *tracked) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.set) == 0 {
+		s.empty = make(chan struct{})
+	}
+	s.set[t] = struct{}{}
+}
+
+func (s *connSet) remove(t *tracked) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.set[t]; !ok {
+		return
+	}
+	delete(s.set, t)
+	if len(s.set) == 0 {
+		close(s.empty)
+	}
+}
+
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.set)
+}
+
+func (s *connSet) snapshot() []*tracked {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*tracked, 0, len(s.set))
+	for t := range s.set {
+		out = append(out, t)
+	}
+	return out
+}
+
+// wait returns when the set is empty or ctx ends.
+func (s *connSet) wait(ctx context.Context) {
+	s.mu.Lock()
+	e := s.empty
+	s.mu.Unlock()
+	select {
+	case <-e:
+	case <-ctx.Done():
+	}
+}
+
+func (s *connSet) closeAll() {
+	for _, t := range s.snapshot() {
+		t.close()
+	}
+}

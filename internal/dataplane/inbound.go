@@ -1,0 +1,82 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"time"
+)
+
+// handshakeTimeout bounds a TLS handshake and the authorization after it.
+var handshakeTimeout = 10 * time.Second
+
+// inbound serves one connection to the public listener: mTLS with a
+// verified client certificate from our trust domain, intentions, then the app.
+func (p *Plane) inbound(raw net.Conn) {
+	select {
+	case <-p.ready:
+	case <-p.ctx.Done():
+		raw.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
+	defer cancel()
+	c := tls.Server(raw, p.id.ServerConfig())
+	if err := c.HandshakeContext(ctx); err != nil {
+		p.obs.TLSFailed()
+		p.log.Info("inbound handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
+		raw.Close()
+		return
+	}
+	src, err := PeerID(c.ConnectionState())
+	if err != nil {
+		p.log.Info("inbound connection without an identity", "remote", raw.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	allow, reason, err := p.authz.Allow(ctx, src)
+	if err != nil || !allow {
+		p.obs.Refused("intentions")
+		p.log.Info("inbound connection refused", "source", src.Service, "uri", src.URI(), "reason", reason, "err", err)
+		c.Close()
+		return
+	}
+	if p.o.App == "" {
+		c.Close()
+		return
+	}
+	app, err := p.dialer.DialContext(ctx, "tcp", p.o.App)
+	if err != nil {
+		p.log.Warn("the app does not accept", "app", p.o.App, "err", err)
+		c.Close()
+		return
+	}
+	p.proxy("inbound", app, c, &src)
+}
+
+// reauthorize closes open inbound connections whose source the intentions
+// no longer allow, at every change of the intentions. Consul's built-in
+// proxy and Envoy keep such connections open until they end.
+func (p *Plane) reauthorize() {
+	for {
+		ch := p.authz.Changed()
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-ch:
+		}
+		for _, t := range p.conns.snapshot() {
+			if t.source == nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
+			allow, reason, err := p.authz.Allow(ctx, *t.source)
+			cancel()
+			if err == nil && !allow {
+				p.log.Info("closing an open connection the intentions now deny", "source", t.source.Service, "reason", reason)
+				p.obs.Refused("intentions")
+				t.close()
+			}
+		}
+	}
+}

@@ -17,10 +17,10 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) ConnOpened(string)              {}
+func (nopObserver) ConnOpened(string)               {}
 func (nopObserver) ConnClosed(string, int64, int64) {}
-func (nopObserver) Refused(string)                 {}
-func (nopObserver) TLSFailed()                     {}
-func (nopObserver) DialFailed(string)              {}
-func (nopObserver) DialRetried(string)             {}
-func (nopObserver) LeafExpiry(time.Time)           {}
+func (nopObserver) Refused(string)                  {}
+func (nopObserver) TLSFailed()                      {}
+func (nopObserver) DialFailed(string)               {}
+func (nopObserver) DialRetried(string)              {}
+func (nopObserver) LeafExpiry(time.Time)            {}

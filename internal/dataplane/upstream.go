@@ -66,7 +66,7 @@ type target struct {
 	// appPort is the port its app listens on behind the proxy, so that a
 	// transparent dial of the instance's own address and port is matched.
 	appPort int
-	want ServiceID // TrustDomain filled in at dial time
+	want    ServiceID // TrustDomain filled in at dial time
 }
 
 // upstream keeps the healthy instances of one Upstream and dials them.

@@ -204,9 +204,9 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 		at("defaults.check.ttl", "ttl %s is too short (at least 1s)", t)
 	}
 	switch d.Proxy.Mode {
-	case "", ModeConnect, ModeEnvoy, ModeNone:
+	case "", ModeConnect, ModeEnvoy, ModeNative, ModeNone:
 	default:
-		at("defaults.proxy.mode", "unknown mode %q (connect, envoy or none)", d.Proxy.Mode)
+		at("defaults.proxy.mode", "unknown mode %q (%s)", d.Proxy.Mode, ValidModes)
 	}
 	switch d.Check.Probe {
 	case "", ProbeTCP, ProbeNone:

@@ -158,7 +158,7 @@ func TestParseGlobalBad(t *testing.T) {
 			[]string{`meshx.yaml:2: proxy_user: invalid user name "root;id"`, `meshx.yaml:3: hostname: invalid hostname "vm 1": use letters, digits, '.' and '-'`}},
 		{"bad defaults", "version: 1\ndefaults:\n  proxy: {mode: sidecar}\n  check: {probe: http}\n  registration:\n    Meta:\n      1: x\n",
 			[]string{
-				`meshx.yaml:3: defaults.proxy.mode: unknown mode "sidecar" (connect, envoy or none)`,
+				`meshx.yaml:3: defaults.proxy.mode: unknown mode "sidecar" (connect, envoy, native or none)`,
 				`meshx.yaml:4: defaults.check.probe: unknown probe "http" (tcp or none)`,
 				`meshx.yaml:6: defaults.registration.Meta: every key of a template mapping must be a string`,
 			}},

@@ -11,7 +11,11 @@ const (
 	ModeConnect = "connect" // Consul's built-in Connect proxy (default)
 	ModeEnvoy   = "envoy"   // Envoy through `consul connect envoy`
 	ModeNone    = "none"    // no proxy process (an externally run proxy)
+	ModeNative  = "native"  // meshx-proxy's own Connect data plane, no proxy process
 )
+
+// ValidModes lists the proxy modes, for error messages.
+const ValidModes = "connect, envoy, native or none"
 
 // Health probes behind the TTL heartbeat.
 const (

@@ -68,9 +68,17 @@ func (s *Service) validate(p *Problems) {
 	}
 	s.validateUpstreams(at)
 	switch s.Proxy.Mode {
-	case ModeConnect, ModeEnvoy, ModeNone:
+	case ModeConnect, ModeEnvoy, ModeNative, ModeNone:
 	default:
-		at("proxy.mode", "unknown mode %q (connect, envoy or none)", s.Proxy.Mode)
+		at("proxy.mode", "unknown mode %q (%s)", s.Proxy.Mode, ValidModes)
+	}
+	if s.Proxy.Mode == ModeNative {
+		if _, ok := s.fields["proxy.command"]; ok {
+			at("proxy.command", "the native data plane runs inside meshx-proxy: there is no command to run")
+		}
+		if s.Proxy.User != "" {
+			at("proxy.user", "the native data plane runs inside meshx-proxy: there is no proxy process to run as another user")
+		}
 	}
 	if s.Proxy.MaxRestarts < -1 || s.Proxy.MaxRestarts == 0 {
 		// The supervisor reads 0 as its default: "never restart" cannot be had.
@@ -222,7 +230,7 @@ func (s *Service) validateTransparent(at func(string, string, ...any)) {
 		return
 	}
 	if s.Proxy.Mode == ModeConnect && len(s.Proxy.Command) == 0 {
-		at("transparent_proxy", "transparent proxy needs proxy.mode envoy or a custom proxy.command: Consul's built-in proxy has no transparent listener")
+		at("transparent_proxy", "transparent proxy needs proxy.mode native or envoy, or a custom proxy.command: Consul's built-in proxy has no transparent listener")
 	}
 	ports := func(field string, ps []int) {
 		for i, p := range ps {

@@ -59,6 +59,12 @@ type Config struct {
 	// redirected. Required and not 0: excluding root would exempt every root
 	// process on the host from the mesh, so the proxy must have its own user.
 	ProxyUID int
+	// ProxyMark, when not 0, is the socket mark (SO_MARK) the proxy puts on
+	// its own connections; marked traffic is never redirected, whatever
+	// user sent it. With a mark, ProxyUID may be 0: no user is excluded
+	// (an in-process proxy running as root must not exempt every root
+	// process on the host).
+	ProxyMark uint32
 	// ExcludeUIDs are further UIDs whose outbound traffic is never redirected
 	// (meshx adds the Consul agent's UID). Nil or empty: none.
 	ExcludeUIDs []int
@@ -117,8 +123,8 @@ func (c Config) Validate() error {
 		bad("OutboundPort %d: same as InboundPort", c.outboundPort())
 	}
 	switch {
-	case c.ProxyUID == 0:
-		bad("ProxyUID: required, and not 0 (root): the proxy needs its own user")
+	case c.ProxyUID == 0 && c.ProxyMark == 0:
+		bad("ProxyUID: required, and not 0 (root), unless ProxyMark is set: the proxy needs its own user or mark")
 	case c.ProxyUID < 0 || int64(c.ProxyUID) >= 1<<32-1:
 		bad("ProxyUID %d: not a UID", c.ProxyUID)
 	}
@@ -317,7 +323,14 @@ func table(c Config, f Family) Table {
 
 	// Outbound: the proxy's own traffic, excluded UIDs, CIDRs, ports and
 	// loopback pass, the rest goes to the proxy's outbound listener.
-	for _, u := range uniq([]int{c.ProxyUID}, c.ExcludeUIDs) {
+	if c.ProxyMark != 0 {
+		add(ChainOutput, "-m mark --mark 0x%x -j RETURN", c.ProxyMark)
+	}
+	var proxyUIDs []int
+	if c.ProxyUID != 0 {
+		proxyUIDs = []int{c.ProxyUID}
+	}
+	for _, u := range uniq(proxyUIDs, c.ExcludeUIDs) {
 		add(ChainOutput, "-m owner --uid-owner %d -j RETURN", u)
 	}
 	for _, p := range uniqPrefixes(c.ExcludeOutboundCIDRs, f) {

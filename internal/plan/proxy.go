@@ -7,7 +7,8 @@ import (
 	"github.com/meshx/meshx/internal/template"
 )
 
-// DefaultCommand is the proxy argv template of a mode (nil for ModeNone).
+// DefaultCommand is the proxy argv template of a mode (nil for ModeNone and
+// ModeNative).
 func DefaultCommand(mode string) []string {
 	switch mode {
 	case config.ModeConnect:
@@ -20,6 +21,9 @@ func DefaultCommand(mode string) []string {
 
 func (pl *Plan) buildProxy(s *config.Service, h Host, p Ports, vars template.Vars) error {
 	pl.Proxy = Proxy{Mode: s.Proxy.Mode, MaxRestarts: s.Proxy.MaxRestarts, User: s.Proxy.User}
+	if s.Proxy.Mode == config.ModeNative {
+		return nil // meshx-proxy is the proxy: no argv, no user of its own
+	}
 	if pl.Proxy.User == "" {
 		pl.Proxy.User = h.Global.ProxyUser
 	}

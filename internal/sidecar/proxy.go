@@ -69,6 +69,15 @@ func credential(name string) (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
+// owner is what the rules exclude from redirection: the native plane's mark,
+// or the proxy process's user.
+func (d *daemon) owner() Owner {
+	if d.native() {
+		return Owner{Mark: NativeMark}
+	}
+	return Owner{UID: d.proxyUID()}
+}
+
 func (d *daemon) proxyUID() int {
 	if d.pl.Proxy.User == "" {
 		return os.Geteuid()
@@ -85,7 +94,20 @@ func (d *daemon) probe(ctx context.Context) ttl.Health {
 	crit := func(format string, a ...any) ttl.Health {
 		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}
 	}
-	if len(d.pl.Proxy.Argv) > 0 {
+	switch {
+	case d.native():
+		if d.plane == nil {
+			return crit("native data plane not running")
+		}
+		select {
+		case <-d.plane.Ready():
+		default:
+			return crit("native data plane waiting for its certificate, the CA roots and the intentions")
+		}
+		if h, ok := d.listenersAccept(ctx); !ok {
+			return h
+		}
+	case len(d.pl.Proxy.Argv) > 0:
 		if d.sup == nil {
 			return crit("proxy not running (not started)")
 		}
@@ -93,17 +115,8 @@ func (d *daemon) probe(ctx context.Context) ttl.Health {
 		if s.State != supervisor.StateRunning {
 			return crit("proxy not running (%s, %d restarts; last exit: %s)", s.State, s.Restarts, orNone(s.LastExit))
 		}
-		port, err := d.publicPort(ctx)
-		if err != nil {
-			return crit("sidecar %s: %v", d.pl.SidecarID, err)
-		}
-		if err := dial(ctx, "127.0.0.1", port); err != nil {
-			return crit("proxy not accepting on port %d: %v", port, err)
-		}
-		for _, u := range d.pl.Upstreams {
-			if err := dial(ctx, u.Address, u.Port); err != nil {
-				return crit("upstream %s listener %s:%d not accepting: %v", u.Name, u.Address, u.Port, err)
-			}
+		if h, ok := d.listenersAccept(ctx); !ok {
+			return h
 		}
 	}
 	if d.pl.Probe == "tcp" {
@@ -113,6 +126,27 @@ func (d *daemon) probe(ctx context.Context) ttl.Health {
 		return ttl.Health{Status: api.HealthPassing, Output: fmt.Sprintf("proxy running, app reachable at %s:%d", d.pl.Address, d.pl.Port)}
 	}
 	return ttl.Health{Status: api.HealthPassing, Output: "proxy running"}
+}
+
+// listenersAccept checks that the public listener and every upstream
+// listener accept a connection.
+func (d *daemon) listenersAccept(ctx context.Context) (ttl.Health, bool) {
+	crit := func(format string, a ...any) (ttl.Health, bool) {
+		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}, false
+	}
+	port, err := d.publicPort(ctx)
+	if err != nil {
+		return crit("sidecar %s: %v", d.pl.SidecarID, err)
+	}
+	if err := dial(ctx, "127.0.0.1", port); err != nil {
+		return crit("proxy not accepting on port %d: %v", port, err)
+	}
+	for _, u := range d.pl.Upstreams {
+		if err := dial(ctx, u.Address, u.Port); err != nil {
+			return crit("upstream %s listener %s:%d not accepting: %v", u.Name, u.Address, u.Port, err)
+		}
+	}
+	return ttl.Health{}, true
 }
 
 func orNone(s string) string {

@@ -36,8 +36,9 @@ func NewRules(netns string, log *slog.Logger) (*Rules, error) {
 }
 
 // Config is the iptables configuration for a transparent-proxy service.
-func (r *Rules) Config(t *config.Transparent, inboundPort, proxyUID int) iptables.Config {
-	c := iptables.Config{InboundPort: inboundPort, OutboundPort: t.OutboundPort, ProxyUID: proxyUID,
+func (r *Rules) Config(t *config.Transparent, inboundPort int, proxy Owner) iptables.Config {
+	c := iptables.Config{InboundPort: inboundPort, OutboundPort: t.OutboundPort, ProxyUID: proxy.UID,
+		ProxyMark:            proxy.Mark,
 		ExcludeUIDs:          append([]int{}, t.ExcludeUIDs...),
 		ExcludeInboundPorts:  t.ExcludeInboundPorts,
 		ExcludeOutboundPorts: t.ExcludeOutboundPorts,
@@ -49,7 +50,7 @@ func (r *Rules) Config(t *config.Transparent, inboundPort, proxyUID int) iptable
 		name = "consul"
 	}
 	if u, err := user.Lookup(name); err == nil {
-		if uid, err := strconv.Atoi(u.Uid); err == nil && uid != proxyUID {
+		if uid, err := strconv.Atoi(u.Uid); err == nil && uid != proxy.UID {
 			c.ExcludeUIDs = append(c.ExcludeUIDs, uid)
 		}
 	}
@@ -60,8 +61,8 @@ func (r *Rules) Config(t *config.Transparent, inboundPort, proxyUID int) iptable
 }
 
 // Apply installs the rule set for t, atomically.
-func (r *Rules) Apply(ctx context.Context, t *config.Transparent, inboundPort, proxyUID int) error {
-	rs, err := iptables.Rules(r.Config(t, inboundPort, proxyUID))
+func (r *Rules) Apply(ctx context.Context, t *config.Transparent, inboundPort int, proxy Owner) error {
+	rs, err := iptables.Rules(r.Config(t, inboundPort, proxy))
 	if err != nil {
 		return err
 	}
@@ -111,7 +112,7 @@ func (d *daemon) applyRules(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.Apply(ctx, d.pl.Transparent, port, d.proxyUID()); err != nil {
+	if err := r.Apply(ctx, d.pl.Transparent, port, d.owner()); err != nil {
 		return err
 	}
 	d.rulesIn = true

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/dataplane"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
@@ -30,8 +31,16 @@ import (
 
 // Redirector installs and removes the host's transparent-proxy rules.
 type Redirector interface {
-	Apply(ctx context.Context, t *config.Transparent, inboundPort, proxyUID int) error
+	Apply(ctx context.Context, t *config.Transparent, inboundPort int, proxy Owner) error
 	Remove(ctx context.Context) error
+}
+
+// Owner is what marks the proxy's own outbound traffic, which the rules
+// never redirect: its user (a proxy process of its own) or its socket mark
+// (the native data plane, inside meshx-proxy).
+type Owner struct {
+	UID  int
+	Mark uint32
 }
 
 // Options configure Run. Required: Dirs, Global, Service.
@@ -67,6 +76,7 @@ type daemon struct {
 	cl       *api.Client
 	reg      *register.Registrar
 	sup      *supervisor.Supervisor
+	plane    *dataplane.Plane // mode native: the in-process data plane
 	supErr   chan error         // the running supervisor's result
 	supStop  context.CancelFunc // stops the running supervisor
 	progress atomic.Int64       // unix nanos of the main loop's last step
@@ -166,6 +176,9 @@ func (d *daemon) run(ctx context.Context) error {
 // startProxy starts supervising the plan's proxy command (none for mode none).
 func (d *daemon) startProxy(ctx context.Context) error {
 	d.supErr = make(chan error, 1)
+	if d.native() {
+		return d.startNative(ctx)
+	}
 	if len(d.pl.Proxy.Argv) == 0 {
 		d.sup = nil
 		return nil
@@ -184,6 +197,7 @@ func (d *daemon) startProxy(ctx context.Context) error {
 // stopProxy stops the proxy (SIGTERM, then SIGKILL after the timeout) and
 // waits for the supervisor to finish; a no-op when none runs.
 func (d *daemon) stopProxy() {
+	d.stopNative()
 	if d.sup == nil {
 		return
 	}
@@ -246,6 +260,15 @@ func (d *daemon) reload(ctx context.Context) error {
 		d.log.Error("register after reload", "err", err)
 	}
 	switch {
+	case old.Proxy.Mode != pl.Proxy.Mode:
+		d.log.Info("proxy mode changed; restarting the data plane", "old", old.Proxy.Mode, "new", pl.Proxy.Mode)
+	case d.plane != nil:
+		// The native plane opens and closes upstream listeners in place:
+		// the others, and every open connection, carry on.
+		if err := d.plane.SetUpstreams(planUpstreams(pl)); err != nil {
+			d.log.Error("update upstream listeners", "err", err)
+		}
+		return nil
 	case !slices.Equal(old.Proxy.Argv, pl.Proxy.Argv) || old.Proxy.User != pl.Proxy.User:
 		d.log.Info("proxy command changed; restarting the proxy")
 	case upstreamRemoved(old, pl):

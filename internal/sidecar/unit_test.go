@@ -246,7 +246,7 @@ type fakeRules struct {
 	rmErr    error
 }
 
-func (f *fakeRules) Apply(_ context.Context, _ *config.Transparent, inbound, _ int) error {
+func (f *fakeRules) Apply(_ context.Context, _ *config.Transparent, inbound int, _ Owner) error {
 	if f.applyErr != nil {
 		return f.applyErr
 	}

@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -135,4 +137,96 @@ func TestNativeIntentions(t *testing.T) {
 		}
 		t.Logf("open connection closed %s after the deny", time.Since(start).Round(time.Millisecond))
 	})
+}
+
+// TestNativeMode runs meshx with proxy.mode native: meshx-proxy itself
+// carries the mesh, to a built-in-proxy client and to a native client;
+// connect and disconnect open and close one listener without restarting
+// anything or dropping an open connection.
+func TestNativeMode(t *testing.T) {
+	c := testutil.StartConsul(t, "")
+	h := newHost(t, c, "")
+	web, echo := nameApp(t, "web"), echoApp(t)
+	h.service("web.yaml", fmt.Sprintf("version: 1\nservice: {name: web, port: %d}\nproxy: {mode: native}\n", web))
+	h.service("echo.yaml", fmt.Sprintf("version: 1\nservice: {name: echo, port: %d}\nproxy: {mode: native}\n", echo))
+	h.service("client.yaml", "version: 1\nservice: {name: client}\ncheck: {probe: none}\nupstreams: [{name: web}, {name: echo}]\nproxy: {mode: native}\n")
+	h.service("legacy.yaml", "version: 1\nservice: {name: legacy}\ncheck: {probe: none}\nupstreams: [{name: web}]\n")
+	h.foreground()
+	h.waitPassing(30*time.Second, "web-testhost", "echo-testhost", "client-testhost", "legacy-testhost")
+	ups := map[string]int{}
+	for _, u := range h.plan("client").Upstreams {
+		ups[u.Name] = u.Port
+	}
+	legacyWeb := h.plan("legacy").Upstreams[0].Port
+
+	t.Run("native to native and built-in to native", func(t *testing.T) {
+		testutil.Eventually(t, 30*time.Second, func() error {
+			for _, p := range []int{ups["web"], legacyWeb} {
+				if out, err := readName(p); err != nil || out != "web" {
+					return fmt.Errorf("port %d: %q, %v", p, out, err)
+				}
+			}
+			return echoThrough(ups["echo"], 1<<20, 7, true)
+		})
+	})
+	st := h.status("client")
+	if st.ProxyPID != st.PID {
+		t.Errorf("native mode: the proxy is meshx-proxy itself (pid %d), status says %d", st.PID, st.ProxyPID)
+	}
+
+	t.Run("connect and disconnect leave other listeners and connections alone", func(t *testing.T) {
+		held, err := dialName(ups["web"], "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		extra := testutil.FreePort(t)
+		if r := h.init("connect", "client", "legacy:"+strconv.Itoa(extra)); r.code != 0 {
+			t.Fatalf("connect: exit %d\n%s", r.code, r.stderr)
+		}
+		testutil.Eventually(t, 20*time.Second, func() error {
+			if err := dial(extra); err != nil {
+				return fmt.Errorf("new upstream listener: %v", err)
+			}
+			return nil
+		})
+		if r := h.init("disconnect", "client", "legacy"); r.code != 0 {
+			t.Fatalf("disconnect: exit %d\n%s", r.code, r.stderr)
+		}
+		testutil.Eventually(t, 20*time.Second, func() error {
+			if dial(extra) == nil {
+				return fmt.Errorf("legacy's listener on %d still accepts", extra)
+			}
+			return nil
+		})
+		if err := echoThrough(ups["echo"], 1<<20, 8, true); err != nil {
+			t.Errorf("echo's listener after connect/disconnect: %v", err)
+		}
+		// The held connection through web's listener is still open and
+		// still carries bytes (the name app ignores input: write, then
+		// check the connection is not reset).
+		if _, err := held.Write([]byte("still there?")); err != nil {
+			t.Fatalf("held connection broken by connect/disconnect: %v", err)
+		}
+		_ = held.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := held.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("held connection ended by connect/disconnect: %v", err)
+		}
+		if now := h.status("client"); now.PID != st.PID {
+			t.Errorf("meshx-proxy restarted (pid %d -> %d)", st.PID, now.PID)
+		}
+	})
+}
+
+func dial(port int) error {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -76,7 +76,7 @@ type daemon struct {
 	cl       *api.Client
 	reg      *register.Registrar
 	sup      *supervisor.Supervisor
-	plane    *dataplane.Plane // mode native: the in-process data plane
+	plane    *dataplane.Plane   // mode native: the in-process data plane
 	supErr   chan error         // the running supervisor's result
 	supStop  context.CancelFunc // stops the running supervisor
 	progress atomic.Int64       // unix nanos of the main loop's last step

@@ -153,10 +153,11 @@ func apply(ctx context.Context, env Env, name string) (*plan.Plan, error) {
 	if pl == nil {
 		return nil, fmt.Errorf("service %s: its service-config is broken or gone:\n%v", name, l.Set.Err())
 	}
-	cl, err := register.NewClient(l.Global.Consul)
+	cl, logout, err := agentClient(ctx, env, l.Global.Consul, 0)
 	if err != nil {
 		return nil, err
 	}
+	defer logout()
 	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
 	if _, err := r.Ensure(ctx, pl, "", false); err != nil {
 		return nil, err

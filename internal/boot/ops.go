@@ -45,11 +45,14 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 	}
 	checks := map[string]*api.AgentCheck{}
 	agentErr := ""
-	if cl, err := register.NewClient(g.Consul); err == nil {
+	if cl, logout, err := agentClient(ctx, env, g.Consul, 0); err != nil {
+		agentErr = err.Error()
+	} else {
 		if checks, err = CheckStatus(ctx, cl); err != nil {
 			agentErr = err.Error()
 			checks = map[string]*api.AgentCheck{}
 		}
+		logout()
 	}
 	rows := []Row{} // "[]", not "null", in JSON when meshx owns nothing
 	for _, n := range names {
@@ -122,10 +125,11 @@ func Stop(ctx context.Context, env Env, name string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := register.NewClient(g.Consul)
+	cl, logout, err := agentClient(ctx, env, g.Consul, 0)
 	if err != nil {
 		return err
 	}
+	defer logout()
 	r := &register.Registrar{Agent: cl.Agent(), Hostname: pl.Registration.Meta[plan.MetaHost]}
 	if err := r.Deregister(ctx, pl.ID, pl.SidecarID); err != nil {
 		return err

@@ -40,14 +40,11 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		return err
 	}
 	ReportBroken(l.Set, env.Log, os.Stderr)
-	cl, err := register.NewClient(l.Global.Consul)
+	cl, logout, err := agentClient(ctx, env, l.Global.Consul, l.Global.Consul.Wait)
 	if err != nil {
 		return err
 	}
-	addr := register.Address(l.Global.Consul)
-	if err := register.WaitAgent(ctx, cl, addr, l.Global.Consul.Wait, env.Log); err != nil {
-		return err
-	}
+	defer logout()
 	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
 	var fl *fleet
 	onUp := func(*plan.Plan) {}
@@ -72,6 +69,7 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 			failed = append(failed, err)
 		}
 	}
+	logout() // the fleet's meshx-proxies log in for themselves
 	if fl != nil {
 		if err := fl.wait(); err != nil {
 			failed = append(failed, err)

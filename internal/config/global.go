@@ -47,7 +47,16 @@ type Consul struct {
 	// Login, when set, makes meshx get its token by logging in through an ACL
 	// auth method instead of reading TokenFile (the two exclude each other).
 	Login *Login
+	// Token is a token meshx got at run time (an ACL login kept in memory);
+	// never read from meshx.yaml. It wins over TokenFile.
+	Token Secret
 }
+
+// Secret is a value that must never be printed: fmt shows it redacted.
+type Secret string
+
+func (Secret) String() string   { return "[redacted]" }
+func (Secret) GoString() string { return "[redacted]" }
 
 // Login is an ACL login through a Consul auth method (consul.login).
 type Login struct {

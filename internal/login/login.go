@@ -19,6 +19,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
 )
 
@@ -180,4 +182,27 @@ func redact(s, secret string) string {
 		return s
 	}
 	return strings.ReplaceAll(s, secret, "[redacted]")
+}
+
+// ForConsul makes the Session of meshx.yaml's consul.login (c.Login must be
+// set): its client presents no token. tokenFile is Options.TokenFile.
+func ForConsul(c config.Consul, tokenFile string, log *slog.Logger) (*Session, error) {
+	cl, err := register.NewClient(c)
+	if err != nil {
+		return nil, err
+	}
+	return New(Options{ACL: cl.ACL(), Method: c.Login.Method, BearerTokenFile: c.Login.BearerTokenFile,
+		Meta: c.Login.Meta, TokenFile: tokenFile, Logger: log})
+}
+
+// Consul returns c as it is used once logged in: with the token file when
+// the session keeps one, else with the token in memory.
+func (s *Session) Consul(c config.Consul) config.Consul {
+	c.Login = nil
+	if s.o.TokenFile != "" {
+		c.TokenFile, c.Token = s.o.TokenFile, ""
+	} else {
+		c.TokenFile, c.Token = "", config.Secret(s.Token())
+	}
+	return c
 }

@@ -27,8 +27,15 @@ func APIConfig(c config.Consul) *api.Config {
 	if c.Address != "" {
 		cfg.Address = c.Address
 	}
-	if c.TokenFile != "" {
+	switch {
+	case c.Token != "":
+		cfg.Token, cfg.TokenFile = string(c.Token), ""
+	case c.TokenFile != "":
 		cfg.TokenFile, cfg.Token = c.TokenFile, ""
+	case c.Login != nil:
+		// Logging in is done without a token; a CONSUL_HTTP_TOKEN* inherited
+		// from the environment must not take the login's place either.
+		cfg.Token, cfg.TokenFile = "", ""
 	}
 	if c.CAFile != "" {
 		cfg.TLSConfig.CAFile = c.CAFile

@@ -43,6 +43,9 @@ func Load(env Env, dry bool) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := g.CheckFiles(); err != nil {
+		return nil, err
+	}
 	set, err := config.LoadServices(config.ServicesDir(env.Dirs.Config), g.Defaults)
 	if err != nil {
 		return nil, err

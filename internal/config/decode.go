@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -32,7 +33,7 @@ func parseFile(path string, data []byte, p *Problems) *yaml.Node {
 			if errors.As(err, &se) {
 				line = 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
 			}
-			p.add(line, "", "JSON syntax error: %s", strings.TrimPrefix(err.Error(), "json: "))
+			p.add(line, "", "JSON syntax error: %s", quotedRE.ReplaceAllString(strings.TrimPrefix(err.Error(), "json: "), ""))
 			return nil
 		}
 	}
@@ -65,6 +66,9 @@ func parseFile(path string, data []byte, p *Problems) *yaml.Node {
 		p.add(root.Line, "", "top level must be a mapping, not %s", kindName(root))
 		return nil
 	}
+	if !checkTree(root, p) {
+		return nil
+	}
 	return root
 }
 
@@ -78,6 +82,11 @@ func emptyDocument(doc *yaml.Node) bool {
 }
 
 var yamlLineRE = regexp.MustCompile(`line (\d+)`)
+
+// quotedRE matches what a parser quotes from the file (encoding/json's
+// "invalid character 'x'"): an error must not echo a file that may be a
+// secret (a service-config symlinked to a token file).
+var quotedRE = regexp.MustCompile(` ?'(?:[^'\\]|\\.)*'`)
 
 func yamlLine(msg string) int {
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
@@ -229,7 +238,8 @@ var (
 // type error, unknown field and repeated key is reported with its line and
 // field; v keeps what did decode, so that checking can go on. It reports
 // whether the file decoded cleanly.
-func decodeStrict(data []byte, v any, ix *docIndex, p *Problems) bool {
+func decodeStrict(data []byte, root *yaml.Node, v any, ix *docIndex, p *Problems) bool {
+	checkScalars(root, reflect.TypeOf(v), "", p)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	err := dec.Decode(v)
@@ -273,6 +283,8 @@ func decodeStrict(data []byte, v any, ix *docIndex, p *Problems) bool {
 // wantName describes a Go type the way a config author thinks of it.
 func wantName(goType string) string {
 	switch {
+	case strings.HasSuffix(goType, "durationText"):
+		return "a duration (like 10s)"
 	case strings.HasPrefix(goType, "[]"):
 		return "a list"
 	case strings.HasPrefix(goType, "map["), strings.HasPrefix(goType, "struct"), strings.Contains(goType, "."):
@@ -395,13 +407,82 @@ func deref(t reflect.Type) reflect.Type {
 	return t
 }
 
-// ReadFile loads one service-config file in any supported shape.
+// ReadFile loads one service-config file in any supported shape. A file that
+// cannot be read is a located problem of that file (ErrInvalid), like any other.
 func ReadFile(path string, d Defaults) (*Service, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
+	p := &Problems{file: path}
+	data := readConfig(path, p)
+	if data == nil {
+		return nil, p.Err()
 	}
 	return Parse(path, data, d)
+}
+
+// readConfig reads a config file of at most MaxFileSize bytes; it reports why
+// it could not (nil) as a problem of the file. It never echoes what it read.
+func readConfig(path string, p *Problems) []byte {
+	f, why := openRegular(path)
+	if f == nil {
+		p.add(0, "", "cannot read: %s", why)
+		return nil
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	switch {
+	case err != nil:
+		p.add(0, "", "cannot read: %s", readReason(path, err))
+		return nil
+	case len(data) > MaxFileSize:
+		p.add(0, "", "file is larger than %d bytes", MaxFileSize)
+		return nil
+	}
+	return data
+}
+
+// openRegular opens a regular file (through symbolic links) for reading, or
+// says why it cannot. It opens nothing else: reading a FIFO would block.
+func openRegular(path string) (*os.File, string) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, readReason(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, "not a regular file (" + fileKind(fi.Mode()) + ")"
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, readReason(path, err)
+	}
+	return f, ""
+}
+
+// readReason says why a file could not be read, without its path (the
+// problem is already located at it).
+func readReason(path string, err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, lerr := os.Lstat(path); lerr == nil {
+			return "a symbolic link to a file that does not exist"
+		}
+	}
+	return err.Error()
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "mode " + m.String()
 }
 
 // meshxKeys are the top-level keys only the meshx shape has: a file with one

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"maps"
 	"net"
@@ -81,15 +82,15 @@ const DefaultWait = 2 * time.Minute
 type rawGlobal struct {
 	Version int `yaml:"version"`
 	Consul  struct {
-		Address       string `yaml:"address"`
-		TokenFile     string `yaml:"token_file"`
-		CAFile        string `yaml:"ca_file"`
-		CertFile      string `yaml:"cert_file"`
-		KeyFile       string `yaml:"key_file"`
-		TLSServerName string `yaml:"tls_server_name"`
-		GRPCAddress   string `yaml:"grpc_address"`
-		Binary        string `yaml:"binary"`
-		Wait          string `yaml:"wait"`
+		Address       string       `yaml:"address"`
+		TokenFile     string       `yaml:"token_file"`
+		CAFile        string       `yaml:"ca_file"`
+		CertFile      string       `yaml:"cert_file"`
+		KeyFile       string       `yaml:"key_file"`
+		TLSServerName string       `yaml:"tls_server_name"`
+		GRPCAddress   string       `yaml:"grpc_address"`
+		Binary        string       `yaml:"binary"`
+		Wait          durationText `yaml:"wait"`
 		Login         *struct {
 			Method          string            `yaml:"method"`
 			BearerTokenFile string            `yaml:"bearer_token_file"`
@@ -104,9 +105,9 @@ type rawGlobal struct {
 	Hostname  string `yaml:"hostname"`
 	Defaults  struct {
 		Check struct {
-			TTL      string `yaml:"ttl"`
-			Interval string `yaml:"interval"`
-			Probe    string `yaml:"probe"`
+			TTL      durationText `yaml:"ttl"`
+			Interval durationText `yaml:"interval"`
+			Probe    string       `yaml:"probe"`
 		} `yaml:"check"`
 		Proxy struct {
 			Mode string `yaml:"mode"`
@@ -121,14 +122,15 @@ type rawGlobal struct {
 
 // LoadGlobal reads meshx.yaml; a missing file means all defaults.
 func LoadGlobal(path string) (*Global, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		g := &Global{}
 		g.setDefaults()
 		return g, nil
 	}
-	if err != nil {
-		return nil, err
+	p := &Problems{file: path}
+	data := readConfig(path, p)
+	if data == nil {
+		return nil, p.Err()
 	}
 	return ParseGlobal(path, data)
 }
@@ -147,7 +149,7 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 		return nil, p.Err()
 	}
 	var r rawGlobal
-	decodeStrict(data, &r, indexDoc(root), p) // on problems, r holds what did decode
+	decodeStrict(data, root, &r, indexDoc(root), p) // on problems, r holds what did decode
 	walkLines(root, "", g.fields)
 	at := func(field, format string, args ...any) { p.at(g.Loc(field), format, args...) }
 	switch _, v := lookup(root, "version"); {
@@ -164,12 +166,17 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 			at("consul.address", "%v", err)
 		}
 	}
+	for _, f := range g.Consul.files() {
+		if *f.path != "" && !filepath.IsAbs(*f.path) {
+			at(f.field, "write an absolute path, not %q: a relative one depends on the directory meshx runs in", *f.path)
+		}
+	}
 	if c.GRPCAddress != "" {
 		if err := checkGRPCAddress(c.GRPCAddress); err != nil {
 			at("consul.grpc_address", "%v", err)
 		}
 	}
-	g.Consul.Wait = parseDur(c.Wait, func(msg string) { at("consul.wait", "%s", msg) })
+	g.Consul.Wait = parseDur(string(c.Wait), func(msg string) { at("consul.wait", "%s", msg) })
 	if l := c.Login; l != nil {
 		g.Consul.Login = &Login{Method: l.Method, BearerTokenFile: l.BearerTokenFile, Meta: l.Meta}
 		checkLogin(g.Consul.Login, c.TokenFile != "", at)
@@ -177,19 +184,19 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 	if m := r.Metrics; m.Enabled != nil || m.IP != "" {
 		g.Metrics.Disabled = m.Enabled != nil && !*m.Enabled
 		if m.IP != "" {
-			ip, err := netip.ParseAddr(m.IP)
-			if err != nil {
-				at("metrics.ip", "not an IP address: %q", m.IP)
+			if msg := checkLocalAddr("address", m.IP, true); msg != "" {
+				at("metrics.ip", "%s", msg)
+			} else {
+				g.Metrics.IP = netip.MustParseAddr(m.IP)
 			}
-			g.Metrics.IP = ip
 		}
 	}
 	if r.Ports.IP != "" {
-		ip, err := netip.ParseAddr(r.Ports.IP)
-		if err != nil {
-			at("ports.ip", "not an IP address: %q", r.Ports.IP)
+		if msg := checkLocalAddr("address", r.Ports.IP, false); msg != "" {
+			at("ports.ip", "%s", msg)
+		} else {
+			g.Ports.IP = netip.MustParseAddr(r.Ports.IP)
 		}
-		g.Ports.IP = ip
 	}
 	if r.Ports.Range != "" {
 		lo, hi, err := parseRange(r.Ports.Range)
@@ -207,10 +214,19 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 	}
 	d := r.Defaults
 	g.Defaults = Defaults{ProxyMode: d.Proxy.Mode, Registration: d.Registration, Check: Check{Probe: d.Check.Probe,
-		TTL:      parseDur(d.Check.TTL, func(msg string) { at("defaults.check.ttl", "%s", msg) }),
-		Interval: parseDur(d.Check.Interval, func(msg string) { at("defaults.check.interval", "%s", msg) })}}
-	if t := g.Defaults.Check.TTL; t != 0 && t < time.Second {
-		at("defaults.check.ttl", "ttl %s is too short (at least 1s)", t)
+		TTL:      parseDur(string(d.Check.TTL), func(msg string) { at("defaults.check.ttl", "%s", msg) }),
+		Interval: parseDur(string(d.Check.Interval), func(msg string) { at("defaults.check.interval", "%s", msg) })}}
+	switch t := g.Defaults.Check.TTL; {
+	case t != 0 && t < MinTTL:
+		at("defaults.check.ttl", "ttl %s is too short (at least %s)", t, MinTTL)
+	case t > MaxTTL:
+		at("defaults.check.ttl", "ttl %s is too long (at most %s)", t, MaxTTL)
+	}
+	if i := g.Defaults.Check.Interval; i != 0 && i < MinInterval {
+		at("defaults.check.interval", "interval %s is too short (at least %s)", i, MinInterval)
+	}
+	if g.Consul.Wait > MaxWait {
+		at("consul.wait", "%s is too long (at most %s)", g.Consul.Wait, MaxWait)
 	}
 	switch d.Proxy.Mode {
 	case "", ModeConnect, ModeEnvoy, ModeNative, ModeNone:
@@ -328,7 +344,9 @@ func parseRange(v string) (int, int, error) {
 	return a, b, nil
 }
 
-// checkAddress accepts http://, https:// and unix:// agent addresses.
+// checkAddress accepts http://, https:// and unix:// agent addresses: a
+// scheme and a host with an optional port (1-65535), or a socket path, and
+// nothing else (no user, path, query or fragment).
 func checkAddress(a string) error {
 	if !strings.Contains(a, "://") {
 		return errors.New("address must start with http://, https:// or unix://, not " + strconv.Quote(a))
@@ -337,10 +355,29 @@ func checkAddress(a string) error {
 	if err != nil {
 		return errors.New("not a URL: " + strconv.Quote(a))
 	}
+	switch {
+	case u.User != nil:
+		return errors.New("the address must not hold a user or password (the token goes in token_file): " + strconv.Quote(u.Redacted()))
+	case u.RawQuery != "" || u.ForceQuery:
+		return errors.New("the address must not hold a query ('?'): " + strconv.Quote(a))
+	case u.Fragment != "" || strings.Contains(a, "#"):
+		return errors.New("the address must not hold a fragment ('#'): " + strconv.Quote(a))
+	}
 	switch u.Scheme {
 	case "http", "https":
-		if u.Host == "" {
+		if u.Hostname() == "" {
 			return errors.New("missing host:port in " + strconv.Quote(a))
+		}
+		if u.Path != "" && u.Path != "/" {
+			return errors.New("the agent address takes no path: " + strconv.Quote(a))
+		}
+		if p := u.Port(); p != "" || strings.HasSuffix(u.Host, ":") {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+				return fmt.Errorf("port %q out of range 1-65535 in %q", p, a)
+			}
+		}
+		if !validHost(u.Hostname()) {
+			return errors.New("invalid host in " + strconv.Quote(a))
 		}
 	case "unix":
 		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
@@ -362,6 +399,42 @@ func checkGRPCAddress(a string) error {
 		return errors.New("write host:port or a URL (like http://127.0.0.1:8502), not " + strconv.Quote(a))
 	}
 	return nil
+}
+
+type fileField struct {
+	field string
+	path  *string
+}
+
+// files are the fields of c that name files meshx reads.
+func (c *Consul) files() []fileField {
+	return []fileField{{"consul.token_file", &c.TokenFile}, {"consul.ca_file", &c.CAFile},
+		{"consul.cert_file", &c.CertFile}, {"consul.key_file", &c.KeyFile}}
+}
+
+// CheckFiles reports, located in meshx.yaml, each file it names (token,
+// TLS) that cannot be read now: missing, a directory, unreadable. meshx-init
+// calls it before it changes anything; meshx-proxy does not, since a token
+// file rewritten at run time may be briefly missing (it reports that as the
+// check's status instead).
+func (g *Global) CheckFiles() error {
+	p := &Problems{file: g.File}
+	files := g.Consul.files()
+	if l := g.Consul.Login; l != nil {
+		files = append(files, fileField{"consul.login.bearer_token_file", &l.BearerTokenFile})
+	}
+	for _, f := range files {
+		if *f.path == "" {
+			continue
+		}
+		file, why := openRegular(*f.path)
+		if file == nil {
+			p.at(g.Loc(f.field), "cannot read %s: %s", *f.path, why)
+			continue
+		}
+		file.Close()
+	}
+	return p.Err()
 }
 
 // ConfigPath, ServicesDir: where a config dir keeps its files.

@@ -56,7 +56,7 @@ func LoadServices(dir string, d Defaults) (*Set, error) {
 	}
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
-		if !IsServiceFile(e.Name()) || !regular(path, e) {
+		if !IsServiceFile(e.Name()) {
 			continue
 		}
 		s, err := ReadFile(path, d)
@@ -68,19 +68,6 @@ func LoadServices(dir string, d Defaults) (*Set, error) {
 	}
 	set.checkNames()
 	return set, nil
-}
-
-// regular reports whether a directory entry is (or links to) a regular file:
-// directories are skipped, and reading a FIFO would block.
-func regular(path string, e fs.DirEntry) bool {
-	if e.Type().IsRegular() {
-		return true
-	}
-	if e.Type()&fs.ModeSymlink == 0 {
-		return false
-	}
-	fi, err := os.Stat(path)
-	return err != nil || fi.Mode().IsRegular() // a dangling link is reported when read
 }
 
 // checkNames moves every service whose name an earlier file (by file name)

@@ -49,7 +49,13 @@ func TestLoadServices(t *testing.T) {
 		"dir.yaml/inner.yaml": "version: 1\nservice: {name: inner}\n",
 	})
 	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.yaml"), 0o644); err != nil {
-		t.Fatal(err) // reading it would block the load: it must be skipped
+		t.Fatal(err) // reading it would block the load: it must be refused unread
+	}
+	if err := os.Symlink(filepath.Join(dir, "gone.yaml"), filepath.Join(dir, "80-dangling.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("90-loop.yaml", filepath.Join(dir, "90-loop.yaml")); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.Symlink(filepath.Join(dir, "40-worker.yml"), filepath.Join(dir, "70-link.yaml")); err != nil {
 		t.Fatal(err)
@@ -67,13 +73,17 @@ func TestLoadServices(t *testing.T) {
 		broken = append(broken, filepath.Base(f))
 	}
 	slices.Sort(broken)
-	if want := []string{"20-broken.yaml", "50-web-again.yaml", "70-link.yaml"}; !slices.Equal(broken, want) {
+	if want := []string{"20-broken.yaml", "50-web-again.yaml", "70-link.yaml", "80-dangling.yaml", "90-loop.yaml", "dir.yaml", "fifo.yaml"}; !slices.Equal(broken, want) {
 		t.Errorf("broken = %v, want %v", broken, want)
 	}
 	wantErr := map[string]string{
 		"20-broken.yaml":    filepath.Join(dir, "20-broken.yaml") + `:2: service.name: invalid name "Broken"`,
 		"50-web-again.yaml": filepath.Join(dir, "50-web-again.yaml") + `:3: service.name: service name "web" is also used by ` + filepath.Join(dir, "10-web.yaml"),
 		"70-link.yaml":      filepath.Join(dir, "70-link.yaml") + `:2: service.name: service name "worker" is also used by ` + filepath.Join(dir, "40-worker.yml"),
+		"80-dangling.yaml":  filepath.Join(dir, "80-dangling.yaml") + ": cannot read: a symbolic link to a file that does not exist",
+		"90-loop.yaml":      filepath.Join(dir, "90-loop.yaml") + ": cannot read: too many levels of symbolic links",
+		"dir.yaml":          filepath.Join(dir, "dir.yaml") + ": cannot read: not a regular file (a directory)",
+		"fifo.yaml":         filepath.Join(dir, "fifo.yaml") + ": cannot read: not a regular file (a named pipe)",
 	}
 	for f, want := range wantErr {
 		err := set.Broken[filepath.Join(dir, f)]
@@ -86,7 +96,7 @@ func TestLoadServices(t *testing.T) {
 	}
 	// Set.Err joins them all, sorted by file.
 	lines := strings.Split(set.Err().Error(), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[0], "20-broken.yaml") || !strings.Contains(lines[2], "70-link.yaml") {
+	if len(lines) != 7 || !strings.Contains(lines[0], "20-broken.yaml") || !strings.Contains(lines[6], "fifo.yaml") {
 		t.Errorf("Set.Err() =\n%v", set.Err())
 	}
 	if !errors.Is(set.Err(), ErrInvalid) {

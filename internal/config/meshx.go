@@ -19,9 +19,9 @@ type rawService struct {
 		Meta    map[string]string `yaml:"meta"`
 	} `yaml:"service"`
 	Check struct {
-		TTL      string `yaml:"ttl"`
-		Interval string `yaml:"interval"`
-		Probe    string `yaml:"probe"`
+		TTL      durationText `yaml:"ttl"`
+		Interval durationText `yaml:"interval"`
+		Probe    string       `yaml:"probe"`
 	} `yaml:"check"`
 	Upstreams []struct {
 		Name       string `yaml:"name"`
@@ -59,7 +59,7 @@ const CurrentVersion = 1
 
 func decodeMeshx(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Service {
 	var r rawService
-	decodeStrict(data, &r, ix, p) // on problems, r holds what did decode
+	decodeStrict(data, root, &r, ix, p) // on problems, r holds what did decode
 	s := &Service{Shape: "meshx", fields: locs{}}
 	walkLines(root, "", s.fields)
 	switch _, v := lookup(root, "version"); {
@@ -70,8 +70,8 @@ func decodeMeshx(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servi
 	}
 	s.Name, s.ID, s.Address, s.Port = r.Service.Name, r.Service.ID, r.Service.Address, r.Service.Port
 	s.Tags, s.Meta = r.Service.Tags, r.Service.Meta
-	s.Check.TTL = s.duration(p, "check.ttl", r.Check.TTL)
-	s.Check.Interval = s.duration(p, "check.interval", r.Check.Interval)
+	s.Check.TTL = s.duration(p, "check.ttl", string(r.Check.TTL))
+	s.Check.Interval = s.duration(p, "check.interval", string(r.Check.Interval))
 	s.Check.Probe = r.Check.Probe
 	for _, u := range r.Upstreams {
 		s.Upstreams = append(s.Upstreams, Upstream{Name: u.Name, Type: u.Type, Datacenter: u.Datacenter,

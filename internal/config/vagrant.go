@@ -58,7 +58,7 @@ func decodeFlat(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servic
 			} `yaml:"sidecar_service"`
 		} `yaml:"connect"`
 	}
-	decodeStrict(data, &v, ix, p) // on problems, v holds what did decode
+	decodeStrict(data, root, &v, ix, p) // on problems, v holds what did decode
 	s.Name, s.ID, s.Address, s.Port, s.Tags, s.Meta = v.Name, v.ID, v.Address, v.Port, v.Tags, v.Meta
 	if v.Connect != nil && v.Connect.SidecarService != nil && v.Connect.SidecarService.Proxy != nil {
 		px := v.Connect.SidecarService.Proxy
@@ -118,6 +118,10 @@ func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
 		}
 		key, val := kn.Value, strings.TrimSpace(vn.Value)
 		bad := func(format string, args ...any) { p.add(kn.Line, field, format, args...) }
+		if want := annotationType(strings.TrimPrefix(key, annotationPrefix)); vn.ShortTag() != "!!str" && vn.ShortTag() != want {
+			bad("must be a string, not %s", gotName(vn.ShortTag(), vn.Value))
+			continue
+		}
 		if key == "alpha.consul.hashicorp.com/virtual-ip" {
 			if b, ok := parseBool(val); ok {
 				s.Transparent.VirtualIP = b
@@ -185,6 +189,19 @@ func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
 		s.Transparent = nil
 	}
 	return s
+}
+
+// annotationType is the YAML type an annotation may have besides a string:
+// the Vagrant flow's Vagrantfile writes booleans and port numbers unquoted.
+func annotationType(name string) string {
+	switch name {
+	case "transparent-proxy", "alpha.consul.hashicorp.com/virtual-ip":
+		return "!!bool"
+	case "connect-service-port", "transparent-proxy-exclude-inbound-ports",
+		"transparent-proxy-exclude-outbound-ports", "transparent-proxy-exclude-uids":
+		return "!!int"
+	}
+	return "!!str"
 }
 
 func (s *Service) annotationExclude(p *Problems, loc Loc, what, val string) {

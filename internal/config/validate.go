@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"time"
 )
 
 // Service names must be DNS labels: valid for Consul, for Consul DNS, for a
@@ -22,14 +21,6 @@ var idTemplateRE = regexp.MustCompile(`^[A-Za-z0-9{}$._-]{1,128}$`)
 // hostnameRE is a DNS name: letters, digits, '-' and '.' (RFC 1123).
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
 
-// Consul's rules for service meta (structs.ValidateServiceMetadata).
-var metaKeyRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
-
-const (
-	metaMaxPairs    = 64
-	metaMaxValueLen = 512
-)
-
 // ValidName reports whether name is a valid service or upstream name.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
@@ -44,24 +35,33 @@ func (s *Service) validate(p *Problems) {
 	if !idTemplateRE.MatchString(s.ID) {
 		at("service.id", "invalid id %q: use letters, digits, '.', '_', '-' (templates like {{hostname}} allowed), at most 128", s.ID)
 	}
-	if s.Address != "" && !validHost(s.Address) {
+	switch a, err := netip.ParseAddr(s.Address); {
+	case s.Address == "":
+	case !validHost(s.Address):
 		at("service.address", "invalid address %q: write an IP address or a host name", s.Address)
+	case err == nil && notUnicast(a) != "":
+		at("service.address", "%s is %s: write where the app listens, like 127.0.0.1", s.Address, notUnicast(a))
 	}
 	if s.Port < 0 || s.Port > 65535 {
 		at("service.port", "port %d out of range 1-65535 (omit it to have one allocated)", s.Port)
 	}
-	for i, t := range s.Tags {
-		if t == "" || strings.ContainsAny(t, "\n\x00") {
-			at(fieldIndex("service.tags", i), "invalid tag %q", t)
-		}
-	}
-	validateMeta(s.Meta, "service.meta", at)
+	ValidateTags(s.Tags, "service.tags", at)
+	ValidateMeta(s.Meta, "service.meta", at)
 	checkTemplate(s.Registration, "registration", func(field, msg string) { at(field, "%s", msg) })
-	if s.Check.TTL < time.Second {
-		at("check.ttl", "ttl %s is too short (at least 1s)", s.Check.TTL)
+	switch {
+	case s.Check.TTL < MinTTL:
+		at("check.ttl", "ttl %s is too short (at least %s)", s.Check.TTL, MinTTL)
+	case s.Check.TTL > MaxTTL:
+		at("check.ttl", "ttl %s is too long (at most %s)", s.Check.TTL, MaxTTL)
 	}
-	if s.Check.Interval <= 0 || s.Check.Interval >= s.Check.TTL {
+	switch {
+	case s.Check.Interval <= 0 || s.Check.Interval >= s.Check.TTL:
 		at("check.interval", "interval %s must be positive and shorter than ttl %s", s.Check.Interval, s.Check.TTL)
+	case s.Check.Interval < MinInterval:
+		at("check.interval", "interval %s is too short (at least %s)", s.Check.Interval, MinInterval)
+	}
+	if len(s.Upstreams) > MaxUpstreams {
+		at("upstreams", "%d upstreams; at most %d", len(s.Upstreams), MaxUpstreams)
 	}
 	if s.Check.Probe != ProbeTCP && s.Check.Probe != ProbeNone {
 		at("check.probe", "unknown probe %q (tcp or none)", s.Check.Probe)
@@ -107,32 +107,6 @@ func (s *Service) validate(p *Problems) {
 	s.validateTransparent(at)
 }
 
-// validateMeta applies Consul's rules for service meta, and keeps meshx's prefix.
-func validateMeta(meta map[string]string, field string, at func(string, string, ...any)) {
-	if len(meta) > metaMaxPairs {
-		at(field, "%d meta pairs; Consul allows at most %d", len(meta), metaMaxPairs)
-	}
-	keys := make([]string, 0, len(meta))
-	for k := range meta {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		f := field + "." + k
-		switch {
-		case strings.HasPrefix(k, "meshx-"):
-			at(f, "the meta key prefix \"meshx-\" is reserved for meshx's ownership records")
-		case strings.HasPrefix(k, "consul-"):
-			at(f, "the meta key prefix \"consul-\" is reserved by Consul")
-		case !metaKeyRE.MatchString(k):
-			at(f, "invalid meta key %q: use letters, digits, '_' and '-', at most 128", k)
-		}
-		if len(meta[k]) > metaMaxValueLen {
-			at(f, "meta value is %d bytes; Consul allows at most %d", len(meta[k]), metaMaxValueLen)
-		}
-	}
-}
-
 // checkTemplate reports keys of a structured template that are not strings
 // (YAML allows `1: x`; a registration cannot hold them).
 func checkTemplate(v any, field string, bad func(field, msg string)) {
@@ -148,13 +122,6 @@ func checkTemplate(v any, field string, bad func(field, msg string)) {
 	case map[any]any:
 		bad(field, "every key of a template mapping must be a string")
 	}
-}
-
-func validHost(h string) bool {
-	if _, err := netip.ParseAddr(h); err == nil {
-		return true
-	}
-	return hostnameRE.MatchString(h)
 }
 
 // validPath accepts a URL path: a leading '/', no white space, query or fragment.
@@ -200,8 +167,8 @@ func (s *Service) validateUpstreams(at func(string, string, ...any)) {
 			fixed[u.Port] = i
 		}
 		if u.Address != "" {
-			if a, err := netip.ParseAddr(u.Address); err != nil || a.Zone() != "" {
-				at(f+".address", "invalid local bind address %q: write an IP address", u.Address)
+			if msg := checkLocalAddr("local bind address", u.Address, true); msg != "" {
+				at(f+".address", "%s", msg)
 			}
 		}
 	}

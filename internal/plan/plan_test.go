@@ -187,6 +187,7 @@ registration:
 		{name: "metrics-on-all-addresses", global: "version: 1\nmetrics: {ip: 0.0.0.0}\n", file: "web.yaml",
 			in: "version: 1\nservice: {name: web, port: 8080}\n"},
 		{name: "address-written", file: "web.yaml", in: "version: 1\nservice: {name: web, address: 10.0.0.5, port: 8080}\n"},
+		{name: "address-loopback", file: "web.yaml", in: "version: 1\nservice: {name: web, address: 127.0.0.1, port: 8080}\n"},
 		{name: "global-defaults", global: `version: 1
 hostname: ignored-here
 ports: {ip: 127.0.0.9, range: 10000-10999}
@@ -523,10 +524,52 @@ func TestBuildAllGlobalTemplateError(t *testing.T) {
 
 func TestBuildAllAllocatorError(t *testing.T) {
 	h := host(t, "")
-	fa := fakeAlloc{err: fmt.Errorf("%w: port range exhausted", ports.ErrExhausted)}
+	fa := fakeAlloc{err: fmt.Errorf("%w: ports.json", ports.ErrCorruptState)}
 	_, err := BuildAll(set(t, h.Global, "a.yaml", "version: 1\nservice: {name: web}\n"), h, nil, fa.alloc)
 	if err == nil || !strings.HasPrefix(err.Error(), "allocate ports: ") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestBuildAllExhaustedRejectsAlone: a file whose upstreams cannot fit in the
+// port range is rejected alone, located at its upstreams; the other files get
+// their ports. A file that needs more ports than the range holds is rejected
+// before anything is allocated.
+func TestBuildAllExhaustedRejectsAlone(t *testing.T) {
+	h := host(t, "version: 1\nports: {range: 20000-20009}\n")
+	ups := func(n int) string {
+		var b strings.Builder
+		b.WriteString("upstreams:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "  - name: u%d\n", i)
+		}
+		return b.String()
+	}
+	st := set(t, h.Global,
+		"a.yaml", "version: 1\nservice: {name: a}\n"+ups(1),
+		"b.yaml", "version: 1\nservice: {name: b}\n"+ups(7), // 10 ports: more than the 6 left after a
+		"c.yaml", "version: 1\nservice: {name: c}\n"+ups(1),
+		"d.yaml", "version: 1\nservice: {name: d}\n"+ups(12), // 15 ports: more than the range
+	)
+	o := ports.Options{StateDir: t.TempDir(), Range: h.Global.Ports, InUse: func(netip.Addr, int) bool { return false }}
+	plans, err := BuildAll(st, h, nil, func(reqs []ports.Request) (map[string]int, error) { return ports.Allocate(o, reqs) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, pl := range plans {
+		got = append(got, pl.Name)
+	}
+	if !slices.Equal(got, []string{"a", "c"}) {
+		t.Errorf("planned %v, want [a c]", got)
+	}
+	for file, want := range map[string]string{
+		"b.yaml": "b.yaml:3: upstreams: no port left for this service: port range exhausted",
+		"d.yaml": "d.yaml:3: upstreams: needs 15 ports from the range 20000-20009 (ports.range in meshx.yaml), which holds 10",
+	} {
+		if err := st.Broken[file]; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: %v\nwant prefix %s", file, err, want)
+		}
 	}
 }
 
@@ -646,5 +689,63 @@ func TestDocExamples(t *testing.T) {
 		if _, err := config.Parse("service-config.json", []byte(b), config.Defaults{}); err != nil {
 			t.Errorf("json block %d: %v\n%s", i+1, err, b)
 		}
+	}
+}
+
+// TestAdvertisedAddress: service.address is always where the sidecar reaches
+// the app, and it reaches the catalog only when other hosts can dial it; a
+// template that writes an address other hosts cannot dial is refused,
+// located.
+func TestAdvertisedAddress(t *testing.T) {
+	h := host(t, "")
+	for _, tc := range []struct {
+		addr, advertised string
+	}{
+		{"127.0.0.1", ""}, {"127.0.0.53", ""}, {"::1", ""}, {"localhost", ""}, {"169.254.10.1", ""}, {"fe80::1", ""},
+		{"10.0.0.5", "10.0.0.5"}, {"192.168.56.11", "192.168.56.11"}, {"2001:db8::5", "2001:db8::5"}, {"web.internal", "web.internal"},
+	} {
+		t.Run(tc.addr, func(t *testing.T) {
+			st := set(t, h.Global, "web.yaml", fmt.Sprintf("version: 1\nservice: {name: web, address: %q, port: 8080}\n", tc.addr))
+			var fa fakeAlloc
+			plans, err := BuildAll(st, h, nil, fa.alloc)
+			if err != nil || len(plans) != 1 {
+				t.Fatalf("%v %v", plans, err)
+			}
+			reg := plans[0].Registration
+			sc := reg.Connect.SidecarService
+			if reg.Address != tc.advertised || sc.Address != "" {
+				t.Errorf("advertised %q, sidecar %q; want %q and none", reg.Address, sc.Address, tc.advertised)
+			}
+			if got := sc.Proxy.LocalServiceAddress; got != tc.addr {
+				t.Errorf("LocalServiceAddress %q, want %q", got, tc.addr)
+			}
+			if plans[0].Address != tc.addr {
+				t.Errorf("plan address (the probe's) %q, want %q", plans[0].Address, tc.addr)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, in, want string }{
+		{"Address from the template", "version: 1\nservice: {name: web}\nregistration:\n  Address: \"{{address}}\"\n",
+			`web.yaml:4: registration.Address: "127.0.0.1" is a loopback address`},
+		{"sidecar Address", "version: 1\nservice: {name: web}\nregistration:\n  Connect:\n    SidecarService:\n      Address: 0.0.0.0\n",
+			`web.yaml:6: registration.Connect.SidecarService.Address: "0.0.0.0" is the unspecified address`},
+		{"tagged address", "version: 1\nservice: {name: web}\nregistration:\n  TaggedAddresses:\n    lan: {Address: 169.254.1.1, Port: 80}\n",
+			`web.yaml:5: registration.TaggedAddresses.lan.Address: "169.254.1.1" is a link-local address`},
+		{"multicast", "version: 1\nservice: {name: web}\nregistration:\n  Address: 224.0.0.1\n",
+			`web.yaml:4: registration.Address: "224.0.0.1" is a multicast address`},
+		{"not an address", "version: 1\nservice: {name: web}\nregistration:\n  Address: 999.1.1.1\n",
+			`web.yaml:4: registration.Address: invalid address "999.1.1.1"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := set(t, h.Global, "web.yaml", tc.in)
+			var fa fakeAlloc
+			plans, err := BuildAll(st, h, nil, fa.alloc)
+			if err != nil || len(plans) != 0 {
+				t.Fatalf("%v %v", plans, err)
+			}
+			if got := st.Err(); got == nil || !strings.HasPrefix(got.Error(), tc.want) {
+				t.Errorf("got %v\nwant prefix %s", got, tc.want)
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -59,7 +60,7 @@ func proxyOverlay(m map[string]any) map[string]any {
 // own fields add to it.
 func baseTemplate(s *config.Service) map[string]any {
 	tmpl := DefaultRegistration()
-	if s.Address != "" {
+	if config.Advertisable(s.Address) {
 		tmpl["Address"] = "{{address}}"
 	}
 	if t := s.Transparent; t != nil {
@@ -159,13 +160,15 @@ func (pl *Plan) buildRegistration(s *config.Service, h Host, vars template.Vars)
 		reg.Connect.SidecarService.Port = pl.SidecarPort
 	}
 	pl.SidecarPort = reg.Connect.SidecarService.Port
+	if err := checkRegistration(reg, pl.SidecarID); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.locate(s.Registration, h.Global.Defaults.Registration)
+		}
+		return err
+	}
 	if reg.Meta == nil {
 		reg.Meta = map[string]string{}
-	}
-	for _, k := range slices.Sorted(maps.Keys(reg.Meta)) {
-		if strings.HasPrefix(k, "meshx-") {
-			return &FieldError{Field: "registration.Meta." + k, Msg: "the meta key prefix \"meshx-\" is reserved for meshx's ownership records"}
-		}
 	}
 	reg.Meta[MetaManaged] = "true"
 	reg.Meta[MetaHost] = h.Hostname
@@ -199,17 +202,27 @@ func (e *FieldError) locate(own, global map[string]any) {
 	}
 }
 
-// findPath follows keys through maps, and through lists into their first
-// item that holds the next key.
+// findPath follows keys through maps, and through lists into the item a
+// key's index names ("Checks[1]") or else their first item that holds the
+// next key.
 func findPath(v any, keys []string) (string, bool) {
 	if len(keys) == 0 {
 		return "", true
 	}
 	switch x := v.(type) {
 	case map[string]any:
-		if next, ok := x[keys[0]]; ok {
+		key, idx, hasIdx := splitIndex(keys[0])
+		next, ok := x[key]
+		if !ok {
+			break
+		}
+		if l, isList := next.([]any); hasIdx && isList && idx < len(l) {
+			p, ok := findPath(l[idx], keys[1:])
+			return fmt.Sprintf(".%s[%d]%s", key, idx, p), ok
+		}
+		if !hasIdx {
 			p, ok := findPath(next, keys[1:])
-			return "." + keys[0] + p, ok
+			return "." + key + p, ok
 		}
 	case []any:
 		for i, item := range x {
@@ -219,6 +232,19 @@ func findPath(v any, keys []string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// splitIndex splits "Checks[1]" into "Checks", 1.
+func splitIndex(seg string) (string, int, bool) {
+	key, rest, ok := strings.Cut(seg, "[")
+	if !ok {
+		return seg, 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(rest, "]"))
+	if err != nil || n < 0 {
+		return seg, 0, false
+	}
+	return key, n, true
 }
 
 // decodeRegistration reads the rendered template as Consul's registration,

@@ -3,6 +3,7 @@ package plan
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 
@@ -63,26 +64,9 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 			reject(s, err)
 		}
 	}
-	var reqs []ports.Request
-	for _, s := range set.Services {
-		id, _ := RenderID(s, h.Hostname)
-		reqs = append(reqs, ports.Request{Key: ServicePortKey(id), Fixed: s.Port}, ports.Request{Key: SidecarPortKey(id)})
-		for _, u := range upstreams(s, extra[s.Name]) {
-			reqs = append(reqs, ports.Request{Key: UpstreamPortKey(id, u.Key()), Fixed: u.Port, Down: true})
-		}
-		if s.Proxy.Mode == config.ModeEnvoy {
-			reqs = append(reqs, ports.Request{Key: AdminPortKey(id)})
-		}
-		if s.Proxy.PrometheusScrapePath != "" {
-			reqs = append(reqs, ports.Request{Key: MetricsPortKey(id)})
-		}
-		if !h.Global.Metrics.Disabled {
-			reqs = append(reqs, ports.Request{Key: ProxyMetricsPortKey(id)})
-		}
-	}
-	got, err := alloc(reqs)
+	got, err := allocate(set, h, extra, alloc)
 	if err != nil {
-		return nil, fmt.Errorf("allocate ports: %w", err)
+		return nil, err
 	}
 	var plans []*Plan
 	for _, s := range set.Services {
@@ -104,6 +88,88 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 }
 
 const sidecarSuffix = "-sidecar-proxy"
+
+// portRequests are the allocator requests of one service.
+func portRequests(s *config.Service, h Host, extra []config.Upstream) []ports.Request {
+	id, _ := RenderID(s, h.Hostname)
+	reqs := []ports.Request{{Key: ServicePortKey(id), Fixed: s.Port}, {Key: SidecarPortKey(id)}}
+	for _, u := range upstreams(s, extra) {
+		reqs = append(reqs, ports.Request{Key: UpstreamPortKey(id, u.Key()), Fixed: u.Port, Down: true})
+	}
+	if s.Proxy.Mode == config.ModeEnvoy {
+		reqs = append(reqs, ports.Request{Key: AdminPortKey(id)})
+	}
+	if s.Proxy.PrometheusScrapePath != "" {
+		reqs = append(reqs, ports.Request{Key: MetricsPortKey(id)})
+	}
+	if !h.Global.Metrics.Disabled {
+		reqs = append(reqs, ports.Request{Key: ProxyMetricsPortKey(id)})
+	}
+	return reqs
+}
+
+// allocate gets the ports of every service of set in one allocation. A
+// service that needs more ports than the range holds is rejected first; when
+// the range runs out for the whole set, each service is allocated on its own,
+// in file order, and one that finds no port left is rejected alone, located
+// in its file, while the others keep theirs.
+func allocate(set *config.Set, h Host, extra map[string][]config.Upstream, alloc Allocator) (map[string]int, error) {
+	size := h.Global.Ports.High - h.Global.Ports.Low + 1
+	each := map[*config.Service][]ports.Request{}
+	var all []ports.Request
+	for _, s := range slices.Clone(set.Services) {
+		reqs := portRequests(s, h, extra[s.Name])
+		n := 0
+		for _, q := range reqs {
+			if q.Fixed == 0 {
+				n++
+			}
+		}
+		if n > size {
+			set.Reject(s, demandField(s), "needs %d ports from the range %d-%d (ports.range in %s), which holds %d",
+				n, h.Global.Ports.Low, h.Global.Ports.High, globalName(h.Global), size)
+			continue
+		}
+		each[s] = reqs
+		all = append(all, reqs...)
+	}
+	got, err := alloc(all)
+	if !errors.Is(err, ports.ErrExhausted) {
+		if err != nil {
+			return nil, fmt.Errorf("allocate ports: %w", err)
+		}
+		return got, nil
+	}
+	got = map[string]int{}
+	for _, s := range slices.Clone(set.Services) {
+		g, err := alloc(each[s])
+		switch {
+		case errors.Is(err, ports.ErrExhausted):
+			set.Reject(s, demandField(s), "no port left for this service: %v", err)
+		case err != nil:
+			return nil, fmt.Errorf("allocate ports: %w", err)
+		default:
+			maps.Copy(got, g)
+		}
+	}
+	return got, nil
+}
+
+// demandField is where a service's demand for ports is written: its
+// upstreams, when it has any.
+func demandField(s *config.Service) string {
+	if len(s.Upstreams) > 0 {
+		return "upstreams"
+	}
+	return "service"
+}
+
+func globalName(g *config.Global) string {
+	if g.File == "" {
+		return "meshx.yaml (defaults)"
+	}
+	return g.File
+}
 
 // placeholderPorts are ports for a dry render: every port set, none real.
 func placeholderPorts(s *config.Service, extra []config.Upstream) Ports {

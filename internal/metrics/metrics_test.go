@@ -5,78 +5,38 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/meshx/meshx/internal/testutil"
 )
 
 // scrape GETs a handler and parses what it answered as Prometheus text.
-func scrape(t *testing.T, h http.Handler) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, h http.Handler) testutil.Metrics {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	return scrapeURL(t, srv.URL+Path)
 }
 
-func scrapeURL(t *testing.T, url string) map[string]*dto.MetricFamily {
+func scrapeURL(t *testing.T, url string) testutil.Metrics {
 	t.Helper()
-	resp, err := http.Get(url)
+	mfs, err := testutil.Scrape(url)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: %s", resp.Status)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
-		t.Fatalf("content type %q", ct)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("not valid Prometheus text: %v\n%s", err, body)
 	}
 	return mfs
 }
 
 // value returns the value of the series of family name whose labels include
 // want; it fails the test when there is no such series.
-func value(t *testing.T, mfs map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+func value(t *testing.T, mfs testutil.Metrics, name string, want map[string]string) float64 {
 	t.Helper()
-	mf := mfs[name]
-	if mf == nil {
-		t.Fatalf("no family %s", name)
+	v, ok := mfs.Value(name, want)
+	if !ok {
+		t.Fatalf("no series %s%v", name, want)
 	}
-	for _, m := range mf.GetMetric() {
-		ok := true
-		for k, v := range want {
-			found := false
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == k && lp.GetValue() == v {
-					found = true
-				}
-			}
-			ok = ok && found
-		}
-		if !ok {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue()
-		case m.Untyped != nil:
-			return m.GetUntyped().GetValue()
-		}
-	}
-	t.Fatalf("no series %s%v", name, want)
-	return 0
+	return v
 }
 
 func TestFamiliesExistAtZero(t *testing.T) {

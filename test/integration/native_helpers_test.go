@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,10 +25,25 @@ import (
 // mesh is a real agent with services registered straight through its API,
 // for testing the native data plane on its own.
 type mesh struct {
-	t  *testing.T
-	c  *testutil.Consul
-	cl *api.Client
+	t   *testing.T
+	c   *testutil.Consul
+	cl  *api.Client
+	obs map[string]*countingObserver    // by plane (service) name
+	log map[string]*testutil.SyncBuffer // each plane's log, by name
 }
+
+// countingObserver counts what a plane reports.
+type countingObserver struct {
+	opened, refused, tlsFailed, dialFailed atomic.Int64
+}
+
+func (o *countingObserver) ConnOpened(string)               { o.opened.Add(1) }
+func (o *countingObserver) ConnClosed(string, int64, int64) {}
+func (o *countingObserver) Refused(string)                  { o.refused.Add(1) }
+func (o *countingObserver) TLSFailed()                      { o.tlsFailed.Add(1) }
+func (o *countingObserver) DialFailed(string)               { o.dialFailed.Add(1) }
+func (o *countingObserver) DialRetried(string)              {}
+func (o *countingObserver) LeafExpiry(time.Time)            {}
 
 func newMesh(t *testing.T, extraHCL string) *mesh {
 	c := testutil.StartConsul(t, extraHCL)
@@ -34,7 +51,8 @@ func newMesh(t *testing.T, extraHCL string) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &mesh{t: t, c: c, cl: cl}
+	return &mesh{t: t, c: c, cl: cl, obs: map[string]*countingObserver{},
+		log: map[string]*testutil.SyncBuffer{}}
 }
 
 // register adds a service instance and its sidecar (public port side, with
@@ -67,9 +85,11 @@ func (m *mesh) plane(name string, public int, app int, ups ...dataplane.Upstream
 	if app != 0 {
 		appAddr = "127.0.0.1:" + strconv.Itoa(app)
 	}
-	p, err := dataplane.New(dataplane.Options{Source: &dataplane.AgentSource{Client: m.cl}, Service: name,
+	obs := &countingObserver{}
+	m.obs[name] = obs
+	p, err := dataplane.New(dataplane.Options{Source: &dataplane.AgentSource{Client: m.cl}, Service: name, Observer: obs,
 		Public: "127.0.0.1:" + strconv.Itoa(public), App: appAddr, Upstreams: ups,
-		Logger: testutil.Logger(m.t).With("plane", name)})
+		Logger: m.logger(name)})
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -83,6 +103,14 @@ func (m *mesh) plane(name string, public int, app int, ups ...dataplane.Upstream
 		m.t.Fatalf("plane %s not ready", name)
 	}
 	return p
+}
+
+// logger writes a plane's records to t.Log and keeps them for assertions.
+func (m *mesh) logger(name string) *slog.Logger {
+	buf := &testutil.SyncBuffer{}
+	m.log[name] = buf
+	w := io.MultiWriter(buf, testutil.LogWriter(m.t))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})).With("plane", name)
 }
 
 // builtin runs Consul's built-in proxy for a sidecar until the test ends.
@@ -137,18 +165,26 @@ func echoApp(t testing.TB) int {
 // nameApp answers every connection with its name and holds it open until
 // the client closes.
 func nameApp(t testing.TB, name string) int {
+	port, _ := countingApp(t, name)
+	return port
+}
+
+// countingApp is nameApp that also counts the connections it accepted.
+func countingApp(t testing.TB, name string) (int, *atomic.Int64) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	var n atomic.Int64
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
+			n.Add(1)
 			go func() {
 				defer c.Close()
 				_, _ = io.WriteString(c, name)
@@ -156,7 +192,7 @@ func nameApp(t testing.TB, name string) int {
 			}()
 		}
 	}()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, &n
 }
 
 // readName connects to a local port and reads the far app's name.
@@ -258,3 +294,5 @@ func concurrentEcho(port, k int, n int64, halfClose bool) error {
 	}
 	return errors.Join(all...)
 }
+
+func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }

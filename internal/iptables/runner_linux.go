@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 
 	goipt "github.com/coreos/go-iptables/iptables"
-	"golang.org/x/sys/unix"
+
+	sysns "github.com/meshx/meshx/internal/netns"
 )
+
+// inNetns runs fn in the network namespace at path ("" = ours).
+var inNetns = sysns.Run
 
 // execRunner is the default Runner: go-iptables reads chains and rules,
 // iptables-restore --noflush commits whole rule sets in one transaction
@@ -120,30 +123,4 @@ func (r *execRunner) do(ctx context.Context, fn func() error) error {
 		return err
 	}
 	return inNetns(r.netns, fn)
-}
-
-// inNetns runs fn on an OS thread that has entered the network namespace at
-// path; processes fn starts inherit it. Empty path runs fn directly. The
-// thread stays locked and exits with its goroutine, so a thread switched to
-// another namespace never runs other code.
-func inNetns(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		ns, err := os.Open(path)
-		if err != nil {
-			done <- fmt.Errorf("open network namespace: %w", err)
-			return
-		}
-		defer ns.Close()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("enter network namespace %s: %w", path, err)
-			return
-		}
-		done <- fn()
-	}()
-	return <-done
 }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/lockfile"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
 	"github.com/meshx/meshx/internal/register"
@@ -33,8 +35,22 @@ type RunOptions struct {
 // ErrBroken: some service-configs were broken; the valid ones were brought up.
 var ErrBroken = errors.New("some service-configs are invalid")
 
-// Run is `meshx-init run`.
+// RunLock is the lock file in the runtime dir that makes runs take turns.
+const RunLock = "init.lock"
+
+// Run is `meshx-init run`. Runs take turns: a second run (a reload during
+// boot, a run by hand) waits for the first to finish, so a service is never
+// registered or started twice.
 func Run(ctx context.Context, env Env, o RunOptions) error {
+	path := filepath.Join(env.Dirs.Runtime, RunLock)
+	lock, err := lockfile.Acquire(ctx, path, func(holder int) {
+		env.Log.Info("another meshx-init run is in progress; waiting for it to finish", "holder_pid", holder, "lock", path)
+	})
+	if err != nil {
+		return err
+	}
+	unlock := sync.OnceFunc(lock.Unlock)
+	defer unlock()
 	l, err := Load(env, false)
 	if err != nil {
 		return err
@@ -71,6 +87,7 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 	}
 	logout() // the fleet's meshx-proxies log in for themselves
 	if fl != nil {
+		unlock() // the foreground run supervises until stopped: let others in
 		if err := fl.wait(); err != nil {
 			failed = append(failed, err)
 		}

@@ -1,6 +1,7 @@
 package ports
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshx/meshx/internal/lockfile"
 )
 
 // Test ranges live at 23000+: clear of Consul's ports, the default range other
@@ -458,18 +461,14 @@ func TestLockTimeout(t *testing.T) {
 	o := testOptions(t, 23000, 23009)
 	o.LockTimeout = 100 * time.Millisecond
 	lockPath := filepath.Join(o.StateDir, LockFile)
-	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
+	held, err := lockfile.Acquire(context.Background(), lockPath, nil) // a separate open file: conflicts like another process
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := tryLock(f); err != nil { // a separate open file: conflicts like another process
 		t.Fatal(err)
 	}
 	_, err = Allocate(o, []Request{svc("a")})
 	wantErr(t, err, ErrLockTimeout, lockPath)
 	err = Release(o, []string{"a"})
 	wantErr(t, err, ErrLockTimeout, lockPath)
-	f.Close()
+	held.Unlock()
 	wantPorts(t, mustAllocate(t, o, svc("a")), map[string]int{"a": 23000})
 }

@@ -2,6 +2,7 @@ package ports
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/meshx/meshx/internal/lockfile"
 )
 
 // Names of the files in Options.StateDir.
@@ -174,32 +177,20 @@ func removeStaleTemps(dir string) {
 }
 
 // lockState creates dir if needed and takes the exclusive lock on its lock
-// file, polling with backoff up to timeout. unlock releases it.
+// file, waiting up to timeout. unlock releases it.
 func lockState(dir string, timeout time.Duration) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	path := filepath.Join(dir, LockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	l, err := lockfile.Acquire(ctx, path, nil)
+	if errors.Is(err, lockfile.ErrHeld) {
+		return nil, fmt.Errorf("lock %s: %w for %s", path, ErrLockTimeout, timeout)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open lock: %w", err)
+		return nil, err
 	}
-	deadline := time.Now().Add(timeout)
-	wait := time.Millisecond
-	for {
-		err := tryLock(f)
-		if err == nil {
-			return func() { f.Close() }, nil // closing the file releases the flock
-		}
-		if !errors.Is(err, errWouldBlock) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w for %s", path, ErrLockTimeout, timeout)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 50*time.Millisecond)
-	}
+	return l.Unlock, nil
 }

@@ -10,9 +10,10 @@ import (
 	"github.com/meshx/meshx/internal/cli"
 )
 
-func main() {
+func main() { os.Exit(cli.Guard("meshx-init", os.Stderr, run)) }
+
+func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.InitMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	defer stop()
+	return cli.InitMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
 }

@@ -3,26 +3,18 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/meshx/meshx/internal/cli"
 )
 
-func main() { os.Exit(run()) }
+// A panic is a runtime failure (exit 1, systemd restarts the unit), not the
+// bad-input code 2 Go would exit with, which the unit never restarts.
+func main() { os.Exit(cli.Guard("meshx-proxy", os.Stderr, run)) }
 
-func run() (code int) {
-	// A panic is a runtime failure (exit 1, systemd restarts the unit), not the
-	// bad-input code 2 Go would exit with, which the unit never restarts.
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Fprintf(os.Stderr, "meshx-proxy: panic: %v\n%s", r, debug.Stack())
-			code = cli.ExitFailure
-		}
-	}()
+func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)

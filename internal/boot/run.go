@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/fault"
 	"github.com/meshx/meshx/internal/lockfile"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
@@ -51,10 +53,12 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 	}
 	unlock := sync.OnceFunc(lock.Unlock)
 	defer unlock()
+	fault.Point("locked")
 	l, err := Load(env, false)
 	if err != nil {
 		return err
 	}
+	fault.Point("allocated")
 	ReportBroken(l.Set, env.Log, os.Stderr)
 	cl, logout, err := agentClient(ctx, env, l.Global.Consul, l.Global.Consul.Wait)
 	if err != nil {
@@ -76,6 +80,7 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 	if err != nil {
 		return err
 	}
+	fault.Point("saved")
 	if err := gc(ctx, env, l, r); err != nil {
 		failed = append(failed, err)
 	}
@@ -118,9 +123,11 @@ func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*p
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			defer recoverTo(&errs[i], pl.Name)
 			if results[i], errs[i] = r.Ensure(ctx, pl, "", force); errs[i] != nil {
 				return
 			}
+			fault.Point("registered")
 			changed, err := env.Dirs.SavePlan(pl)
 			if err != nil {
 				saveErrs[i] = fmt.Errorf("save plan of %s: %w", pl.Name, err)
@@ -279,4 +286,13 @@ func reconcileUnits(ctx context.Context, env Env, up []*plan.Plan) error {
 // CheckStatus returns each owned check's status by check id.
 func CheckStatus(ctx context.Context, cl *api.Client) (map[string]*api.AgentCheck, error) {
 	return cl.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+}
+
+// recoverTo turns a panic of a goroutine working on one service into that
+// service's error: an unrecovered panic would end meshx-init with exit code 2,
+// which means "bad input, nothing changed".
+func recoverTo(err *error, service string) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%s: internal error: panic: %v\n%s", service, r, debug.Stack())
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -26,6 +27,19 @@ const (
 	ExitFailure = 1 // runtime failure (agent unreachable, registration refused, ...)
 	ExitInvalid = 2 // bad input: usage, configuration (nothing was changed)
 )
+
+// Guard runs a main and turns a panic in it into a runtime failure: the
+// stack on stderr and exit 1, never the 2 Go's runtime exits with, which for
+// meshx means "bad input, nothing changed" and which systemd does not restart.
+func Guard(name string, stderr io.Writer, main func() int) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(stderr, "%s: internal error: panic: %v\n%s", name, r, debug.Stack())
+			code = ExitFailure
+		}
+	}()
+	return main()
+}
 
 // globals are the flags every command shares.
 type globals struct {

@@ -335,6 +335,20 @@ func TestExitCode(t *testing.T) {
 	}
 }
 
+// TestGuard: a panic in a main is a runtime failure (exit 1) with its
+// stack on stderr, never Go's own exit code 2 ("bad input" for meshx).
+func TestGuard(t *testing.T) {
+	var errb bytes.Buffer
+	code := Guard("meshx-init", &errb, func() int { panic("boom") })
+	if code != ExitFailure || !strings.Contains(errb.String(), "meshx-init: internal error: panic: boom") ||
+		!strings.Contains(errb.String(), "TestGuard") {
+		t.Errorf("exit %d, stderr:\n%s", code, errb.String())
+	}
+	if code := Guard("meshx-init", &errb, func() int { return ExitInvalid }); code != ExitInvalid {
+		t.Errorf("Guard changed a returned exit code: %d", code)
+	}
+}
+
 // TestEmptyHost: with no service-config, the JSON outputs are empty lists,
 // not null.
 func TestEmptyHost(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 
@@ -212,7 +213,48 @@ func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
 		env.Log.Info("deregistering an owned service with no config", "service_id", id)
 		errs = append(errs, r.Deregister(ctx, id, id+"-sidecar-proxy"))
 	}
+	errs = append(errs, releaseOrphans(env, l))
 	return errors.Join(errs...)
+}
+
+// releaseOrphans releases allocated ports that no service holds: neither a
+// plan of this run nor a plan kept in the state dir. A run killed between
+// allocating and saving a plan whose config is then removed, or a service id
+// that changed, leaves such ports.
+func releaseOrphans(env Env, l *Loaded) error {
+	po := ports.Options{StateDir: env.Dirs.State, Range: l.Global.Ports}
+	held, err := ports.Load(po)
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	plans := slices.Clone(l.Plans)
+	names, err := env.Dirs.PlanNames()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if pl, err := env.Dirs.LoadPlan(n); err == nil {
+			plans = append(plans, pl)
+		}
+	}
+	for _, pl := range plans {
+		for _, k := range pl.PortKeys() {
+			keep[k] = true
+		}
+	}
+	var orphans []string
+	for k := range held {
+		if !keep[k] {
+			orphans = append(orphans, k)
+		}
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	sort.Strings(orphans)
+	env.Log.Info("releasing ports no service holds", "keys", orphans)
+	return ports.Release(po, orphans)
 }
 
 // forget removes everything of a service whose config is gone.

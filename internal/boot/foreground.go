@@ -47,9 +47,10 @@ func (f *fleet) start(pl *plan.Plan) {
 		Name: "meshx-proxy " + pl.Name, Argv: argv, Logger: f.env.Log.With("service", pl.Name),
 		MaxRestarts: -1, StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
 		Output: os.Stderr, // meshx-proxy logs structured lines of its own
-		// Exit 2 is bad input (no plan, broken meshx.yaml): restarting
-		// cannot help, as the unit's RestartPreventExitStatus=2 says.
-		FinalExitCodes: []int{2},
+		// Exit 2 is bad input (no plan, broken meshx.yaml) and 3 a proxy
+		// that kept crashing until max_restarts: restarting cannot help,
+		// as the unit's RestartPreventExitStatus=2 3 says.
+		FinalExitCodes: []int{2, 3},
 	})
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/sidecar"
 	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/supervisor"
 	"github.com/meshx/meshx/internal/systemd"
 	"github.com/meshx/meshx/internal/version"
 )
@@ -26,6 +27,11 @@ const (
 	ExitOK      = 0 // done
 	ExitFailure = 1 // runtime failure (agent unreachable, registration refused, ...)
 	ExitInvalid = 2 // bad input: usage, configuration (nothing was changed)
+	// ExitGaveUp: meshx-proxy restarted its proxy max_restarts times and gave
+	// up; its check stays critical with the reason. The unit does not restart
+	// on it (RestartPreventExitStatus=), so it shows failed in systemctl, and
+	// `systemctl restart` (within any start limit) starts it afresh.
+	ExitGaveUp = 3
 )
 
 // Guard runs a main and turns a panic in it into a runtime failure: the
@@ -91,6 +97,8 @@ func exitCode(err error) int {
 		return ExitInvalid
 	case errors.Is(err, boot.ErrBroken):
 		return ExitInvalid
+	case errors.Is(err, supervisor.ErrGaveUp):
+		return ExitGaveUp
 	}
 	return ExitFailure
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/supervisor"
 	"github.com/meshx/meshx/internal/testutil"
 )
 
@@ -325,6 +326,7 @@ func TestExitCode(t *testing.T) {
 		{"cancelled", fmt.Errorf("wait: %w", context.Canceled), ExitOK},
 		{"usage", usageError{errors.New("bad flag")}, ExitInvalid},
 		{"runtime", errors.New("agent unreachable"), ExitFailure},
+		{"proxy gave up", fmt.Errorf("proxy: %w after 5 restarts", supervisor.ErrGaveUp), ExitGaveUp},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -34,7 +34,8 @@ removes its rules and deregisters. SIGHUP re-reads the plan.
 --cleanup <service> is the unit's ExecStopPost: it removes rules and a proxy a
 killed meshx-proxy left behind; safe to run at any time.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad input (do not restart).`,
+Exit codes: 0 ok, 1 runtime failure, 2 bad input (do not restart), 3 the proxy
+kept crashing and max_restarts restarts were used up (do not restart).`,
 		Args: exactArgs(1, "one service name"),
 		RunE: func(c *cobra.Command, args []string) error {
 			log, err := g.logger(stderr)

@@ -73,13 +73,18 @@ func (o Options) withDefaults() (Options, error) {
 }
 
 // listenFails is the default InUse: the port is taken if a TCP listen on it fails.
-func listenFails(ip netip.Addr, port int) bool {
+func listenFails(ip netip.Addr, port int) bool { return Listenable(ip, port) != nil }
+
+// Listenable tries a TCP listen on ip:port and closes it at once: the error
+// says why a process could not listen there now ("address already in use"
+// when another process holds the port). The unspecified address checks the
+// port on every address.
+func Listenable(ip netip.Addr, port int) error {
 	l, err := net.Listen("tcp", netip.AddrPortFrom(ip, uint16(port)).String())
 	if err != nil {
-		return true
+		return err
 	}
-	l.Close()
-	return false
+	return l.Close()
 }
 
 // Request asks for the port of one endpoint.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/user"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/ports"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/supervisor"
@@ -34,7 +36,7 @@ func (d *daemon) newSupervisor() (*supervisor.Supervisor, error) {
 		Name: "proxy", Argv: d.pl.Proxy.Argv, Env: env, Credential: cred,
 		Logger: d.log.With("component", "proxy"), MaxRestarts: d.pl.Proxy.MaxRestarts,
 		StopTimeout: d.o.ProxyStopTimeout, RestartOnSuccess: true,
-		OnStateChange: d.onProxyState,
+		OnStateChange: d.onProxyState, PreStart: d.portsFree,
 	})
 }
 
@@ -220,4 +222,33 @@ func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
 	if state.ProcAlive(pid) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
+}
+
+// portsFree is the proxy's precondition: no other process holds a port it
+// is to listen on. Such a proxy could not bind it, and the probe, dialling the
+// port, would reach the other process and look healthy. A failure counts as a
+// failed start (restarts with backoff), and the check's output names the port.
+func (d *daemon) portsFree() error {
+	var errs []error
+	check := func(what string, ip netip.Addr, port int) {
+		if port <= 0 {
+			return
+		}
+		switch err := ports.Listenable(ip, port); {
+		case errors.Is(err, syscall.EADDRINUSE):
+			errs = append(errs, fmt.Errorf("port %d (%s) is in use by another process", port, what))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("port %d (%s): %w", port, what, err))
+		}
+	}
+	// The public listener binds every address unless told otherwise.
+	check("public mTLS listener", netip.IPv4Unspecified(), d.pl.SidecarPort)
+	for _, u := range d.pl.Upstreams {
+		ip, err := netip.ParseAddr(u.Address)
+		if err != nil {
+			ip = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+		check("upstream "+u.Name+" listener", ip, u.Port)
+	}
+	return errors.Join(errs...)
 }

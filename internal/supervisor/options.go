@@ -93,6 +93,12 @@ type Options struct {
 	// meshx-proxy children this way). Nil means log them.
 	Output io.Writer
 
+	// PreStart, when not nil, runs before every start of the child; an error
+	// counts as a failed start (lastExit "start: <err>", then a restart after
+	// backoff, toward MaxRestarts). For preconditions the child cannot report
+	// well itself, such as a port another process holds. Nil means none.
+	PreStart func() error
+
 	// RestartOnSuccess restarts a child that exited with status 0. False
 	// means such an exit ends Run with a nil error.
 	RestartOnSuccess bool

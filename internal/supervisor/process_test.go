@@ -122,6 +122,31 @@ func TestStartFailureCountsAsRestart(t *testing.T) {
 	}
 }
 
+// TestPreStartFailureCountsAsRestart: a failed precondition is a failed
+// start: the child is not run, restarts back off, and the error is the last exit.
+func TestPreStartFailureCountsAsRestart(t *testing.T) {
+	marker := tempFile(t, "ran")
+	calls := 0
+	h := runSupervisor(t, Options{
+		Argv:           []string{"/bin/sh", "-c", "touch " + marker},
+		MaxRestarts:    2,
+		BackoffInitial: time.Millisecond,
+		PreStart: func() error {
+			calls++
+			return errors.New("port 21000 is in use")
+		},
+	})
+	if err := h.wait(20 * time.Second); !errors.Is(err, ErrGaveUp) || !strings.Contains(err.Error(), "port 21000 is in use") {
+		t.Fatalf("Run = %v, want ErrGaveUp naming the precondition", err)
+	}
+	if calls != 3 {
+		t.Errorf("PreStart called %d times, want 3 (a start and 2 restarts)", calls)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("the child ran although its precondition failed")
+	}
+}
+
 func TestRestartCounterDecaysAfterStableRun(t *testing.T) {
 	// Runs 1, 2, 4 and 5 crash at once; run 3 lasts longer than StableAfter
 	// and then crashes. With MaxRestarts 2 and no decay Run would give up

@@ -169,7 +169,14 @@ func (s *Supervisor) publish(state State, r *run, since time.Time) {
 
 // starting starts the child.
 func (r *run) starting() State {
-	child, err := startProc(command(r.o), r.s.log, r.o.Output)
+	var child *proc
+	var err error
+	if r.o.PreStart != nil {
+		err = r.o.PreStart()
+	}
+	if err == nil {
+		child, err = startProc(command(r.o), r.s.log, r.o.Output)
+	}
 	if err != nil {
 		r.lastExit = fmt.Sprintf("start: %v", err)
 		r.s.log.Error("child did not start", "err", err, "restarts", r.restarts)

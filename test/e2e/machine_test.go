@@ -353,6 +353,19 @@ func (m *Machine) PowerOff() {
 func (m *Machine) Reboot() {
 	m.t.Helper()
 	m.PowerOff()
+	m.bootAgain()
+}
+
+// PowerLoss ends the machine at once, with no shutdown at all (SIGKILL to its
+// PID 1: a power cut), and boots it again, as Reboot does.
+func (m *Machine) PowerLoss() {
+	m.t.Helper()
+	m.kill()
+	m.bootAgain()
+}
+
+func (m *Machine) bootAgain() {
+	m.t.Helper()
 	m.host("ip", "netns", "del", m.Name)
 	m.host("ip", "netns", "add", m.Name)
 	m.Boot()

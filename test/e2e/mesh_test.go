@@ -275,15 +275,7 @@ func TestBootedMesh(t *testing.T) {
 	})
 
 	step(t, "reboot: same ids and ports, no duplicates, passing again unaided", func(t *testing.T) {
-		before := ports(t, m)
-		m.Reboot()
-		if s := m.WaitSystemRunning(meshTimeout); s != "running" {
-			t.Errorf("system %s after reboot", s)
-		}
-		waitMeshUp(t, m, webID, clientID)
-		if after := ports(t, m); !maps.Equal(before, after) {
-			t.Errorf("ids/ports changed across reboot:\nbefore %v\nafter  %v", before, after)
-		}
+		backIntact(t, m, "reboot", m.Reboot)
 	})
 
 	step(t, "a service-config removed before reboot: deregistered, unit gone", func(t *testing.T) {
@@ -423,6 +415,22 @@ func TestMalformedConfig(t *testing.T) {
 	svcs := services(t, m)
 	if _, ok := svcs[clientID]; ok {
 		t.Errorf("client registered from a broken config")
+	}
+}
+
+// backIntact restarts the machine with restart (a reboot, a power loss) and
+// checks that it comes back running with the mesh passing, unaided, under the
+// same ids and ports.
+func backIntact(t *testing.T, m *Machine, what string, restart func()) {
+	t.Helper()
+	before := ports(t, m)
+	restart()
+	if s := m.WaitSystemRunning(meshTimeout); s != "running" {
+		t.Errorf("system %s after the %s", s, what)
+	}
+	waitMeshUp(t, m, webID, clientID)
+	if after := ports(t, m); !maps.Equal(before, after) {
+		t.Errorf("ids/ports changed across the %s:\nbefore %v\nafter  %v", what, before, after)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,9 +36,10 @@ type Options struct {
 	App string
 	// Upstreams each get a local listener (those with a Bind).
 	Upstreams []Upstream
-	// Outbound is the transparent-proxy outbound listener (host:port);
-	// "" = none.
-	Outbound string
+	// Outbound are the transparent-proxy outbound listeners (host:port),
+	// one per address family the redirection rules send to; none = no
+	// transparent proxy.
+	Outbound []string
 	// Mark is set (SO_MARK) on every connection the plane opens, so the
 	// redirection rules can let them pass whatever user meshx-proxy runs
 	// as; 0 = none.
@@ -47,6 +49,9 @@ type Options struct {
 	// Observer: nil observes nothing.
 	Observer Observer
 }
+
+// outboundKey prefixes the keys of the transparent outbound listeners.
+const outboundKey = "outbound:"
 
 // ErrMissingOption is returned by New for a required option left empty.
 var ErrMissingOption = errors.New("missing required option")
@@ -127,8 +132,8 @@ func (p *Plane) Start(ctx context.Context) error {
 		p.cancel()
 		return err
 	}
-	if p.o.Outbound != "" {
-		if err := p.listen("outbound", p.o.Outbound); err != nil {
+	for _, addr := range p.o.Outbound {
+		if err := p.listen(outboundKey+addr, addr); err != nil {
 			p.closeListeners()
 			p.cancel()
 			return err
@@ -271,10 +276,10 @@ func (p *Plane) accept(key string, ln net.Listener) error {
 			}
 			return err
 		}
-		switch key {
-		case "":
+		switch {
+		case key == "":
 			go p.inbound(c)
-		case "outbound":
+		case strings.HasPrefix(key, outboundKey):
 			go p.tp.handle(c)
 		default:
 			go p.outbound(key, c)

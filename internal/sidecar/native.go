@@ -68,7 +68,11 @@ func (d *daemon) planeOptions(ctx context.Context) (dataplane.Options, error) {
 		Public: net.JoinHostPort("", strconv.Itoa(port)), App: appAddress(d.pl),
 		Upstreams: planUpstreams(d.pl), Logger: d.log.With("component", "dataplane")}
 	if t := d.pl.Transparent; t != nil {
-		o.Outbound = net.JoinHostPort("127.0.0.1", strconv.Itoa(t.OutboundPort))
+		// REDIRECT sends to the loopback address of the connection's family.
+		o.Outbound = []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(t.OutboundPort))}
+		if hostHasIPv6() {
+			o.Outbound = append(o.Outbound, net.JoinHostPort("::1", strconv.Itoa(t.OutboundPort)))
+		}
 		o.Mark = NativeMark
 	}
 	return o, nil

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,7 +17,11 @@ import (
 // Consul is a real `consul agent -dev` on loopback with its own ports.
 type Consul struct {
 	Bin      string
-	HTTPAddr string // 127.0.0.1:PORT
+	HTTPAddr string // 127.0.0.1:PORT (inside NetNS, when set)
+	// NetNS, when set, is the network namespace the agent runs in; its API
+	// is then reached from outside through Socket.
+	NetNS  string
+	Socket string // a unix socket serving the HTTP API too; "" = none
 	ports    map[string]int
 	logFile  string
 	extraHCL string
@@ -41,8 +46,47 @@ func FreePort(t testing.TB) int {
 // args to its command line (flags win over the configuration).
 func StartConsul(t testing.TB, extraHCL string, args ...string) *Consul {
 	t.Helper()
+	return startConsul(t, "", extraHCL, args...)
+}
+
+// StartConsulIn starts a dev agent inside the network namespace netns. Its
+// HTTP API also listens on a unix socket (Socket, Address), which is how
+// the test and meshx reach it from any namespace.
+func StartConsulIn(t testing.TB, netns, extraHCL string, args ...string) *Consul {
+	t.Helper()
+	return startConsul(t, netns, extraHCL, args...)
+}
+
+// Address is the agent's address as meshx.yaml's consul.address takes it.
+func (c *Consul) Address() string {
+	if c.Socket != "" {
+		return "unix://" + c.Socket
+	}
+	return "http://" + c.HTTPAddr
+}
+
+// Port is the agent's port of a kind (http, grpc, dns, serf_lan, serf_wan, server).
+func (c *Consul) Port(kind string) int { return c.ports[kind] }
+
+// HTTPClient reaches the agent's HTTP API from the test's namespace.
+func (c *Consul) HTTPClient() *http.Client {
+	if c.Socket == "" {
+		return &http.Client{Timeout: 5 * time.Second}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", c.Socket)
+		}}}
+}
+
+func startConsul(t testing.TB, netns, extraHCL string, args ...string) *Consul {
+	t.Helper()
 	c := &Consul{Bin: ConsulBinary(t), ports: map[string]int{}, extraHCL: extraHCL, args: args,
-		logFile: filepath.Join(t.TempDir(), "consul.log")}
+		logFile: filepath.Join(t.TempDir(), "consul.log"), NetNS: netns}
+	if netns != "" {
+		c.Socket = filepath.Join(t.TempDir(), "http.sock")
+		c.extraHCL += fmt.Sprintf("\naddresses { http = \"127.0.0.1 unix://%s\" }\n", c.Socket)
+	}
 	for _, k := range []string{"http", "grpc", "dns", "serf_lan", "serf_wan", "server"} {
 		c.ports[k] = FreePort(t)
 	}
@@ -71,7 +115,12 @@ func (c *Consul) start(t testing.TB) {
 	}
 	args := append([]string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-node", "meshx-test", "-log-level", "warn", "-hcl", hcl}, c.args...)
-	c.cmd = exec.Command(c.Bin, args...)
+	if c.NetNS != "" {
+		args = append([]string{"netns", "exec", c.NetNS, c.Bin}, args...)
+		c.cmd = exec.Command("ip", args...)
+	} else {
+		c.cmd = exec.Command(c.Bin, args...)
+	}
 	c.cmd.Stdout, c.cmd.Stderr = log, log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
@@ -86,7 +135,7 @@ func (c *Consul) start(t testing.TB) {
 			t.Fatalf("consul exited at start:\n%s", b)
 		default:
 		}
-		resp, err := http.Get("http://" + c.HTTPAddr + "/v1/status/leader")
+		resp, err := c.HTTPClient().Get("http://" + c.HTTPAddr + "/v1/status/leader")
 		if err != nil {
 			return err
 		}

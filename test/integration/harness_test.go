@@ -34,7 +34,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/meshx/meshx/cmd/meshx-init",
-		"github.com/meshx/meshx/cmd/meshx-proxy", "github.com/meshx/meshx/test/integration/fakeproxy")
+		"github.com/meshx/meshx/cmd/meshx-proxy", "github.com/meshx/meshx/test/integration/fakeproxy",
+		"github.com/meshx/meshx/test/integration/nsapp")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
@@ -56,6 +57,16 @@ type host struct {
 	dirs   state.Dirs
 	consul *testutil.Consul
 	name   string
+	netns  string // meshx runs in this network namespace; "" = the test's
+}
+
+// argv is how a meshx binary runs on the host: in its namespace, if any.
+func (h *host) argv(bin string, args ...string) []string {
+	argv := append([]string{filepath.Join(binDir, bin)}, args...)
+	if h.netns != "" {
+		argv = append([]string{"ip", "netns", "exec", h.netns}, argv...)
+	}
+	return argv
 }
 
 var rangeBase = 20000
@@ -74,7 +85,7 @@ func newHost(t testing.TB, c *testutil.Consul, extraGlobal string) *host {
 	}
 	addr := "http://127.0.0.1:1"
 	if c != nil {
-		addr = "http://" + c.HTTPAddr
+		addr = c.Address()
 	}
 	h.write("meshx.yaml", fmt.Sprintf(`version: 1
 consul: {address: %q, binary: %q}
@@ -112,7 +123,8 @@ func (h *host) init(args ...string) result {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "meshx-init"), append(h.flags(), args...)...)
+	argv := h.argv("meshx-init", append(h.flags(), args...)...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -137,7 +149,8 @@ type fg struct {
 func (h *host) foreground() *fg {
 	h.t.Helper()
 	f := &fg{out: &testutil.SyncBuffer{}, done: make(chan struct{})}
-	f.cmd = exec.Command(filepath.Join(binDir, "meshx-init"), append(h.flags(), "run", "--foreground", "--systemd=no")...)
+	argv := h.argv("meshx-init", append(h.flags(), "run", "--foreground", "--systemd=no")...)
+	f.cmd = exec.Command(argv[0], argv[1:]...)
 	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := f.cmd.Start(); err != nil {
@@ -162,7 +175,7 @@ func (f *fg) stop(t testing.TB) {
 func (h *host) client() *api.Client {
 	h.t.Helper()
 	cfg := api.DefaultConfig()
-	cfg.Address = h.consul.HTTPAddr
+	cfg.Address = h.consul.Address()
 	cl, err := api.NewClient(cfg)
 	if err != nil {
 		h.t.Fatal(err)

@@ -20,8 +20,8 @@ type Consul struct {
 	HTTPAddr string // 127.0.0.1:PORT (inside NetNS, when set)
 	// NetNS, when set, is the network namespace the agent runs in; its API
 	// is then reached from outside through Socket.
-	NetNS  string
-	Socket string // a unix socket serving the HTTP API too; "" = none
+	NetNS    string
+	Socket   string // a unix socket serving the HTTP API too; "" = none
 	ports    map[string]int
 	logFile  string
 	extraHCL string

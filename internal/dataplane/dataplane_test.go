@@ -1,0 +1,463 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+func TestParseServiceID(t *testing.T) {
+	for _, tc := range []struct {
+		name, uri string
+		want      ServiceID
+		bad       bool
+	}{
+		{"service", "spiffe://" + testTD + "/ns/default/dc/dc1/svc/web",
+			ServiceID{TrustDomain: testTD, Namespace: "default", Datacenter: "dc1", Service: "web"}, false},
+		{"partition", "spiffe://" + testTD + "/ap/team/ns/ops/dc/dc2/svc/db",
+			ServiceID{TrustDomain: testTD, Partition: "team", Namespace: "ops", Datacenter: "dc2", Service: "db"}, false},
+		{"upper-case trust domain", "spiffe://ABC.consul/ns/default/dc/dc1/svc/web",
+			ServiceID{TrustDomain: "abc.consul", Namespace: "default", Datacenter: "dc1", Service: "web"}, false},
+		{"agent id", "spiffe://" + testTD + "/agent/client/dc/dc1/id/abc", ServiceID{}, true},
+		{"other scheme", "https://" + testTD + "/ns/default/dc/dc1/svc/web", ServiceID{}, true},
+		{"extra segment", "spiffe://" + testTD + "/ns/default/dc/dc1/svc/web/x", ServiceID{}, true},
+		{"empty service", "spiffe://" + testTD + "/ns/default/dc/dc1/svc/", ServiceID{}, true},
+		{"query", "spiffe://" + testTD + "/ns/default/dc/dc1/svc/web?x=1", ServiceID{}, true},
+		{"user", "spiffe://u@" + testTD + "/ns/default/dc/dc1/svc/web", ServiceID{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, err := url.Parse(tc.uri)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := ParseServiceID(u)
+			if (err != nil) != tc.bad || got != tc.want {
+				t.Fatalf("ParseServiceID(%s) = %+v, %v", tc.uri, got, err)
+			}
+			if !tc.bad {
+				if back, _ := ParseServiceID(mustURL(got.URI())); back != got {
+					t.Errorf("URI() = %s does not read back as %+v", got.URI(), got)
+				}
+			}
+		})
+	}
+}
+
+func TestSNI(t *testing.T) {
+	if got := SNI("web", "", "dc1", testTD); got != "web.default.dc1.internal."+testTD {
+		t.Errorf("SNI = %s", got)
+	}
+	if got := QuerySNI("geo", "dc2", testTD); got != "geo.default.dc2.query."+testTD {
+		t.Errorf("QuerySNI = %s", got)
+	}
+}
+
+func TestMatch(t *testing.T) {
+	client := ServiceID{TrustDomain: testTD, Namespace: "default", Datacenter: "dc1", Service: "client"}
+	l7 := ixn("client", "", 9)
+	l7.Permissions = []*api.IntentionPermission{{Action: api.IntentionActionAllow}}
+	peer := ixn("client", "allow", 9)
+	peer.SourcePeer = "other"
+	otherNS := ixn("client", "allow", 9)
+	otherNS.SourceNS = "ops"
+	for _, tc := range []struct {
+		name string
+		ixns []*api.Intention
+		want *api.Intention // nil = none matches
+	}{
+		{"none", nil, nil},
+		{"exact before wildcard", []*api.Intention{ixn("client", "allow", 9), ixn("*", "deny", 8)}, nil},
+		{"wildcard", []*api.Intention{ixn("other", "allow", 9), ixn("*", "deny", 8)}, nil},
+		{"a peer's intention never matches a local source", []*api.Intention{peer}, nil},
+		{"another namespace", []*api.Intention{otherNS}, nil},
+		{"L7", []*api.Intention{l7}, l7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := match(tc.ixns, client)
+			want := tc.want
+			switch tc.name {
+			case "exact before wildcard":
+				want = tc.ixns[0]
+			case "wildcard":
+				want = tc.ixns[1]
+			}
+			if got != want {
+				t.Fatalf("match = %+v, want %+v", got, want)
+			}
+		})
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+// TestPipeHalfClose: a half-close on one side reaches the other, and the
+// other direction keeps flowing until it ends too.
+func TestPipeHalfClose(t *testing.T) {
+	client, p1 := tcpPair(t)
+	p2, server := tcpPair(t)
+	done := make(chan [2]int64, 1)
+	go func() {
+		ab, ba := pipe(p1, p2)
+		done <- [2]int64{ab, ba}
+	}()
+	io.WriteString(client, "request")
+	client.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(server) // EOF only if the half-close crossed
+	if err != nil || string(got) != "request" {
+		t.Fatalf("server read %q, %v", got, err)
+	}
+	io.WriteString(server, "response after the client's half-close")
+	server.Close()
+	back, err := io.ReadAll(client)
+	if err != nil || string(back) != "response after the client's half-close" {
+		t.Fatalf("client read %q, %v", back, err)
+	}
+	n := <-done
+	if n[0] != int64(len("request")) || n[1] != int64(len(back)) {
+		t.Errorf("pipe counted %v", n)
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tw{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tw struct{ t *testing.T }
+
+func (w tw) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// echo serves an echo app and counts its connections.
+func echo(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return l.Addr().String(), &n
+}
+
+func startPlane(t *testing.T, o Options) *Plane {
+	t.Helper()
+	o.Logger = testLogger(t).With("plane", o.Service)
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop(0) })
+	select {
+	case <-p.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("plane not ready")
+	}
+	return p
+}
+
+// roundTrip writes msg through addr and reads the echo; an error means the
+// connection was refused or closed.
+func roundTrip(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return echoOn(c, msg)
+}
+
+func echoOn(c net.Conn, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	b := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return err
+	}
+	if string(b) != msg {
+		return errors.New("echo differs")
+	}
+	return nil
+}
+
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// meshPair starts web (an echo app behind a plane) and a client plane with
+// an upstream to web; it returns the upstream's local address.
+func meshPair(t *testing.T, src *fakeSource) (up string, web, client *Plane, hits *atomic.Int64) {
+	t.Helper()
+	app, hits := echo(t)
+	pub := freeAddr(t)
+	host, portText, _ := net.SplitHostPort(pub)
+	port, _ := strconv.Atoi(portText)
+	src.update(func() { src.instances["web"] = []*api.ServiceEntry{instance("web", host, port)} })
+	web = startPlane(t, Options{Source: src, Service: "web", Public: pub, App: app})
+	up = freeAddr(t)
+	client = startPlane(t, Options{Source: src, Service: "client", Public: freeAddr(t),
+		Upstreams: []Upstream{{Name: "web", Bind: up}}})
+	return up, web, client, hits
+}
+
+func TestPlaneIntentions(t *testing.T) {
+	src := newFakeSource(t)
+	up, web, _, hits := meshPair(t, src)
+
+	// No intention: the agent's default decides (deny here).
+	if err := roundTrip(up, "x"); err == nil {
+		t.Fatal("default deny: connection allowed")
+	}
+	if src.authorized == 0 {
+		t.Error("no intention matched, yet the agent's default was not asked")
+	}
+	src.update(func() { src.defaultOK = true })
+	eventually(t, "default allow", func() error { return roundTrip(up, "hello") })
+
+	// An intention wins over the default.
+	src.update(func() { src.intentions["web"] = []*api.Intention{ixn("client", "deny", 9)} })
+	eventually(t, "deny intention", func() error {
+		if roundTrip(up, "x") == nil {
+			return errors.New("still allowed")
+		}
+		return nil
+	})
+	src.update(func() { src.intentions["web"] = []*api.Intention{ixn("client", "allow", 9), ixn("*", "deny", 8)} })
+	var held net.Conn
+	eventually(t, "allow intention", func() error {
+		c, err := net.Dial("tcp", up)
+		if err != nil {
+			return err
+		}
+		if err := echoOn(c, "open"); err != nil {
+			c.Close()
+			return err
+		}
+		held = c
+		return nil
+	})
+	defer held.Close()
+	if web.Open() != 1 {
+		t.Errorf("web's plane has %d open connections, want 1", web.Open())
+	}
+	before := hits.Load()
+	// Deny again: the open connection is closed too.
+	src.update(func() { src.intentions["web"] = []*api.Intention{ixn("*", "deny", 8)} })
+	_ = held.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := held.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("open connection not closed by the deny: %v", err)
+	}
+	if hits.Load() != before {
+		t.Errorf("the app saw new connections after the deny")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestPlaneForeignCA: a peer whose chain is not from the cluster's roots
+// is refused in both directions.
+func TestPlaneForeignCA(t *testing.T) {
+	src := newFakeSource(t)
+	src.defaultOK = true
+	up, _, _, hits := meshPair(t, src)
+	eventually(t, "mesh up", func() error { return roundTrip(up, "hi") })
+	// web's leaf is now from a CA the client does not trust.
+	foreign := newTestCA(t)
+	src.update(func() { src.leaves["web"] = foreign.leaf(t, svcURI("web")) })
+	eventually(t, "foreign server refused", func() error {
+		if roundTrip(up, "x") == nil {
+			return errors.New("client accepted a server from a foreign CA")
+		}
+		return nil
+	})
+	before := hits.Load()
+	for range 5 {
+		if roundTrip(up, "x") == nil {
+			t.Fatal("client accepted a server from a foreign CA")
+		}
+	}
+	if hits.Load() != before {
+		t.Errorf("the app was reached through a foreign CA's peer")
+	}
+}
+
+// TestPlaneSetUpstreams: a new upstream opens a listener, a removed one
+// closes, the rest carry on with their open connections.
+func TestPlaneSetUpstreams(t *testing.T) {
+	src := newFakeSource(t)
+	src.defaultOK = true
+	up, _, client, _ := meshPair(t, src)
+	held, err := net.Dial("tcp", up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	eventually(t, "mesh up", func() error { return echoOn(held, "first") })
+	extra := freeAddr(t)
+	if err := client.SetUpstreams([]Upstream{{Name: "web", Bind: up}, {Name: "web", Bind: extra}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new listener", func() error { return roundTrip(extra, "via extra") })
+	if err := client.SetUpstreams([]Upstream{{Name: "web", Bind: extra}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.DialTimeout("tcp", up, time.Second); err == nil {
+		t.Error("removed upstream's listener still accepts")
+	}
+	if err := echoOn(held, "second"); err != nil {
+		t.Errorf("an open connection of the removed upstream was cut: %v", err)
+	}
+	if err := client.SetUpstreams([]Upstream{{Name: "web", Bind: extra}}); err != nil {
+		t.Errorf("setting the same upstreams again: %v", err)
+	}
+}
+
+// TestPlaneStopDrains: Stop refuses new connections at once and gives open
+// ones the drain period, then closes them.
+func TestPlaneStopDrains(t *testing.T) {
+	src := newFakeSource(t)
+	src.defaultOK = true
+	up, _, client, _ := meshPair(t, src)
+	held, err := net.Dial("tcp", up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	eventually(t, "mesh up", func() error { return echoOn(held, "x") })
+	stopped := make(chan struct{})
+	start := time.Now()
+	go func() { client.Stop(500 * time.Millisecond); close(stopped) }()
+	eventually(t, "listener closed", func() error {
+		if c, err := net.DialTimeout("tcp", up, 100*time.Millisecond); err == nil {
+			c.Close()
+			return errors.New("still accepting")
+		}
+		return nil
+	})
+	if err := echoOn(held, "during the drain"); err != nil {
+		t.Errorf("open connection cut before the drain ended: %v", err)
+	}
+	<-stopped
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Errorf("Stop returned after %s, before the drain", d)
+	}
+	_ = held.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := held.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Errorf("connection still open after the drain: %v", err)
+	}
+}
+
+func TestNewRequiresOptions(t *testing.T) {
+	for _, o := range []Options{{Service: "web", Public: ":1"}, {Source: newFakeSource(t), Public: ":1"},
+		{Source: newFakeSource(t), Service: "web"}} {
+		if _, err := New(o); !errors.Is(err, ErrMissingOption) {
+			t.Errorf("New(%+v) = %v, want ErrMissingOption", o, err)
+		}
+	}
+}
+
+// TestWatchRecovers: errors are retried, and an index that goes backwards
+// (an agent that restarted) starts the watch over.
+func TestWatchRecovers(t *testing.T) {
+	old := watchIdle
+	watchIdle = 10 * time.Millisecond
+	defer func() { watchIdle = old }()
+	answers := []struct {
+		index uint64
+		err   error
+	}{{5, nil}, {0, errors.New("agent down")}, {3, nil}, {4, nil}}
+	var seen []uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	i := 0
+	watch(ctx, testLogger(t), "test", func(_ context.Context, index uint64) (uint64, error) {
+		seen = append(seen, index)
+		if i == len(answers) {
+			cancel()
+			return index, nil
+		}
+		a := answers[i]
+		i++
+		return a.index, a.err
+	})
+	want := []uint64{0, 5, 5, 0, 4} // 3 < 5: started over from 0
+	if len(seen) != len(want) {
+		t.Fatalf("queries with indexes %v, want %v", seen, want)
+	}
+	for k := range want {
+		if seen[k] != want[k] {
+			t.Fatalf("queries with indexes %v, want %v", seen, want)
+		}
+	}
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}

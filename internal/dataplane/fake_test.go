@@ -62,7 +62,9 @@ func (ca *testCA) leaf(t testing.TB, uri string) *api.LeafCert {
 		ValidBefore:   tmpl.NotAfter}
 }
 
-func svcURI(name string) string { return ServiceID{TrustDomain: testTD, Datacenter: "dc1", Service: name}.URI() }
+func svcURI(name string) string {
+	return ServiceID{TrustDomain: testTD, Datacenter: "dc1", Service: name}.URI()
+}
 
 // fakeSource is an in-memory Source with blocking-query semantics: every
 // change bumps one index and wakes the waiting queries.

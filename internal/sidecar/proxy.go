@@ -96,6 +96,12 @@ func (d *daemon) probe(ctx context.Context) ttl.Health {
 	crit := func(format string, a ...any) ttl.Health {
 		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}
 	}
+	d.mu.Lock()
+	tokenProblem := d.tokenProblem
+	d.mu.Unlock()
+	if tokenProblem != nil {
+		return crit("%v", tokenProblem)
+	}
 	switch {
 	case d.native():
 		if d.plane == nil {

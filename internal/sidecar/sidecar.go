@@ -86,6 +86,8 @@ type daemon struct {
 	sidecarPort int
 	rulesIn     bool
 	redirector  Redirector
+	// tokenProblem is why the ACL token file cannot be used (nil: it can).
+	tokenProblem error
 }
 
 // Run runs meshx-proxy for one service until ctx ends (then cleans up and
@@ -323,7 +325,11 @@ func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
 			return nil
 		case <-alive.C:
 			d.touch()
-			if token.changed() {
+			changed, problem := token.poll()
+			if d.setTokenProblem(problem) {
+				t.Reset(0) // the check says so now, not at the next beat
+			}
+			if changed {
 				if err := d.rotateToken(ctx); err != nil {
 					return err
 				}

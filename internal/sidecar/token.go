@@ -3,7 +3,11 @@ package sidecar
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -12,11 +16,19 @@ import (
 
 // tokenWatch notices when the ACL token file is rewritten (rotation): the
 // agent client reads the file once, and the proxy got the token in its
-// environment at its start, so both must be renewed.
+// environment at its start, so both must be renewed. It also notices a file
+// that went empty, unreadable or missing: the next start of the proxy, or of
+// meshx-proxy, would run without a token.
 type tokenWatch struct {
-	path string
-	last []byte
+	path     string
+	last     []byte
+	badSince time.Time // when the file was first seen empty or unreadable; zero when fine
 }
+
+// tokenGrace is how long the file may be empty or missing before it is a
+// problem: a rotation that rewrites it in place or replaces it passes
+// through both for a moment.
+const tokenGrace = 2 * time.Second
 
 func newTokenWatch(path string) *tokenWatch {
 	w := &tokenWatch{path: path}
@@ -26,17 +38,53 @@ func newTokenWatch(path string) *tokenWatch {
 	return w
 }
 
-// changed reports whether the file's content differs from the last seen;
-// an unreadable or empty file is not a change (a rotation in progress).
-func (w *tokenWatch) changed() bool {
+// poll reads the file: changed when it holds a token other than the last
+// seen; problem (naming the file, never its content) when it has been empty
+// or unreadable for tokenGrace.
+func (w *tokenWatch) poll() (changed bool, problem error) {
 	if w.path == "" {
-		return false
+		return false, nil
 	}
 	b, err := os.ReadFile(w.path)
-	if err != nil || len(bytes.TrimSpace(b)) == 0 || bytes.Equal(b, w.last) {
-		return false
+	if err == nil && len(bytes.TrimSpace(b)) == 0 {
+		err = errors.New("empty")
+	}
+	if err != nil {
+		if w.badSince.IsZero() {
+			w.badSince = time.Now()
+		}
+		if time.Since(w.badSince) < tokenGrace {
+			return false, nil
+		}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return false, fmt.Errorf("ACL token file %s: %w", w.path, err)
+	}
+	w.badSince = time.Time{}
+	if bytes.Equal(b, w.last) {
+		return false, nil
 	}
 	w.last = b
+	return true, nil
+}
+
+// setTokenProblem records the token file's problem (nil: none) for the
+// probe and logs each change; it reports whether anything changed.
+func (d *daemon) setTokenProblem(problem error) bool {
+	d.mu.Lock()
+	prev := d.tokenProblem
+	d.tokenProblem = problem
+	d.mu.Unlock()
+	switch {
+	case problem != nil && (prev == nil || prev.Error() != problem.Error()):
+		d.log.Error("the ACL token file is broken: the service is critical until it is fixed", "err", problem)
+	case problem == nil && prev != nil:
+		d.log.Info("the ACL token file is readable again", "was", prev.Error())
+	default:
+		return false
+	}
 	return true
 }
 

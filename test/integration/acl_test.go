@@ -125,6 +125,50 @@ func TestACLAgent(t *testing.T) {
 			t.Errorf("a token appears in the logs")
 		}
 	})
+	t.Run("token file emptied, unreadable or removed: critical with the reason, back when fixed", func(t *testing.T) {
+		for _, c := range []struct {
+			name, reason string
+			breakIt      func() error
+		}{
+			{"emptied", "empty", func() error { return os.WriteFile(tokenFile, nil, 0o600) }},
+			// Unreadable to root, which reads any mode: a directory in its place.
+			{"unreadable", "is a directory", func() error {
+				if err := os.Remove(tokenFile); err != nil {
+					return err
+				}
+				return os.Mkdir(tokenFile, 0o700)
+			}},
+			{"removed", "no such file or directory", func() error { return os.Remove(tokenFile) }},
+		} {
+			want := "ACL token file " + tokenFile + ": " + c.reason
+			if err := c.breakIt(); err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 15*time.Second, func() error {
+				checks, err := admin.Agent().Checks()
+				if err != nil {
+					return err
+				}
+				for _, id := range []string{"web-testhost", "client-testhost"} {
+					if ch := checks["meshx-ttl:"+id]; ch == nil || ch.Status != api.HealthCritical || ch.Output != want {
+						return fmt.Errorf("token file %s: check of %s %+v, want critical %q", c.name, id, ch, want)
+					}
+				}
+				return nil
+			})
+			if !strings.Contains(f.out.String(), want) {
+				t.Errorf("token file %s: no log line says %q", c.name, want)
+			}
+			if err := os.RemoveAll(tokenFile); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(tokenFile, []byte(b.SecretID+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			passing(15*time.Second, "web-testhost", "client-testhost")
+		}
+		waitBody(t, 30*time.Second, h.plan("client").Upstreams[0].Port, "hello with acls")
+	})
 	f.stop(t)
 	if strings.Contains(f.out.String(), root) {
 		t.Errorf("the token appears in the logs")

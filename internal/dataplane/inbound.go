@@ -23,7 +23,7 @@ func (p *Plane) inbound(raw net.Conn) {
 	defer cancel()
 	c := tls.Server(raw, p.id.ServerConfig())
 	if err := c.HandshakeContext(ctx); err != nil {
-		p.obs.TLSFailed()
+		p.obs.TLSFailed(Inbound)
 		p.log.Info("inbound handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
 		raw.Close()
 		return
@@ -36,7 +36,7 @@ func (p *Plane) inbound(raw net.Conn) {
 	}
 	allow, reason, err := p.authz.Allow(ctx, src)
 	if err != nil || !allow {
-		p.obs.Refused("intentions")
+		p.obs.Refused(Inbound)
 		p.log.Info("inbound connection refused", "source", src.Service, "uri", src.URI(), "reason", reason, "err", err)
 		c.Close()
 		return
@@ -51,7 +51,7 @@ func (p *Plane) inbound(raw net.Conn) {
 		c.Close()
 		return
 	}
-	p.proxy("inbound", app, c, &src)
+	p.proxy(Inbound, c, app, &src)
 }
 
 // reauthorize closes open inbound connections whose source the intentions
@@ -74,7 +74,7 @@ func (p *Plane) reauthorize() {
 			cancel()
 			if err == nil && !allow {
 				p.log.Info("closing an open connection the intentions now deny", "source", t.source.Service, "reason", reason)
-				p.obs.Refused("intentions")
+				p.obs.Refused(Inbound)
 				t.close()
 			}
 		}

@@ -287,12 +287,14 @@ func (p *Plane) accept(key string, ln net.Listener) error {
 	}
 }
 
-// proxy tracks a pair of connections while pipe copies between them.
-func (p *Plane) proxy(direction string, local, remote net.Conn, source *ServiceID) {
-	t := &tracked{a: local, b: remote, source: source}
+// proxy tracks a pair of connections while pipe copies between them:
+// client is the side that connected to the plane, server the side the
+// plane dialed.
+func (p *Plane) proxy(direction string, client, server net.Conn, source *ServiceID) {
+	t := &tracked{a: client, b: server, source: source}
 	p.conns.add(t)
 	p.obs.ConnOpened(direction)
-	in, out := pipe(remote, local)
+	in, out := pipe(client, server)
 	p.conns.remove(t)
 	p.obs.ConnClosed(direction, in, out)
 }

@@ -66,7 +66,7 @@ func (t *transparent) handle(c net.Conn) {
 		return
 	}
 	if t.meshOnly.Load() {
-		t.p.obs.Refused("mesh_destinations_only")
+		t.p.obs.Refused(Passthrough)
 		t.p.log.Info("outbound connection outside the mesh refused: mesh destinations only", "destination", dst.String())
 		c.Close()
 		return
@@ -85,7 +85,7 @@ func (t *transparent) passthrough(c net.Conn, dst netip.AddrPort) {
 		c.Close()
 		return
 	}
-	t.p.proxy("passthrough", c, remote, nil)
+	t.p.proxy(Passthrough, c, remote, nil)
 }
 
 func (t *transparent) vipOf(a netip.Addr) (string, bool) {

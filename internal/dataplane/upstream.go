@@ -232,7 +232,7 @@ func (u *upstream) dialOne(ctx context.Context, t target) (*tls.Conn, error) {
 	c := tls.Client(raw, u.id.ClientConfig(sni, want))
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		u.obs.TLSFailed()
+		u.obs.TLSFailed(u.cfg.Name)
 		return nil, err
 	}
 	return c, nil

@@ -228,3 +228,41 @@ func TestMergeRefusesNonText(t *testing.T) {
 		t.Errorf("meshx_envoy_metrics_up = %v for an HTML answer, want 0", v)
 	}
 }
+
+// TestObserver: the data plane's events land on the listener of their
+// direction (inbound, an upstream, passthrough).
+func TestObserver(t *testing.T) {
+	m := New()
+	o := m.DataPlane.Observer()
+	o.ConnOpened("inbound")
+	o.ConnClosed("inbound", 10, 20)
+	o.Refused("inbound")
+	o.ConnOpened("db")
+	o.TLSFailed("db")
+	o.DialFailed("db")
+	o.DialRetried("db")
+	o.Refused("passthrough")
+	mfs := scrape(t, m.Handler(HandlerOptions{}))
+	inL := map[string]string{"direction": Inbound, "upstream": ""}
+	dbL := map[string]string{"direction": Outbound, "upstream": "db"}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"meshx_dataplane_connections_total", inL, 1},
+		{"meshx_dataplane_connections_open", inL, 0},
+		{"meshx_dataplane_connections_refused_total", inL, 1},
+		{"meshx_dataplane_bytes_total", map[string]string{"direction": Inbound, "flow": "in"}, 10},
+		{"meshx_dataplane_bytes_total", map[string]string{"direction": Inbound, "flow": "out"}, 20},
+		{"meshx_dataplane_connections_open", dbL, 1},
+		{"meshx_dataplane_tls_failures_total", dbL, 1},
+		{"meshx_dataplane_dial_failures_total", dbL, 1},
+		{"meshx_dataplane_dial_retries_total", dbL, 1},
+		{"meshx_dataplane_connections_refused_total", map[string]string{"upstream": "passthrough"}, 1},
+	} {
+		if got := value(t, mfs, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/dataplane"
+	"github.com/meshx/meshx/internal/metrics"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/supervisor"
 )
@@ -18,6 +19,9 @@ import (
 // the transparent-proxy rules let them pass whatever user meshx-proxy runs
 // as ("MX" in ASCII).
 const NativeMark = 0x4d58
+
+// The native plane reports to meshx-proxy's Prometheus families.
+var _ dataplane.Observer = (*metrics.Observer)(nil)
 
 // nativeDrain is how long the native plane lets open connections finish at stop.
 var nativeDrain = 5 * time.Second

@@ -40,7 +40,7 @@ type countingObserver struct {
 func (o *countingObserver) ConnOpened(string)               { o.opened.Add(1) }
 func (o *countingObserver) ConnClosed(string, int64, int64) {}
 func (o *countingObserver) Refused(string)                  { o.refused.Add(1) }
-func (o *countingObserver) TLSFailed()                      { o.tlsFailed.Add(1) }
+func (o *countingObserver) TLSFailed(string)                { o.tlsFailed.Add(1) }
 func (o *countingObserver) DialFailed(string)               { o.dialFailed.Add(1) }
 func (o *countingObserver) DialRetried(string)              {}
 func (o *countingObserver) LeafExpiry(time.Time)            {}

@@ -55,7 +55,7 @@ type Session struct {
 	mu       sync.Mutex
 	secret   string // the token's SecretID; "" when logged out
 	accessor string
-	bearer   []byte // the bearer file's content at the last login
+	bearer   []byte // the bearer file's content at the last login attempt
 }
 
 // New checks the options; it does not log in.
@@ -89,6 +89,9 @@ func (s *Session) Login(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ACL login with auth method %q: read bearer token: %w", s.o.Method, err)
 	}
+	s.mu.Lock()
+	s.bearer = bearer
+	s.mu.Unlock()
 	jwt := strings.TrimSpace(string(bearer))
 	if jwt == "" {
 		return fmt.Errorf("ACL login with auth method %q: bearer token file %s is empty", s.o.Method, s.o.BearerTokenFile)
@@ -107,7 +110,7 @@ func (s *Session) Login(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	old := s.secret
-	s.secret, s.accessor, s.bearer = tok.SecretID, tok.AccessorID, bearer
+	s.secret, s.accessor = tok.SecretID, tok.AccessorID
 	s.mu.Unlock()
 	s.o.Logger.Info("ACL login", "auth_method", s.o.Method, "accessor_id", tok.AccessorID)
 	if old != "" {
@@ -139,7 +142,7 @@ func (s *Session) Logout(ctx context.Context) error {
 }
 
 func (s *Session) logout(ctx context.Context, secret string) {
-	if err := s.logoutErr(ctx, secret); err != nil {
+	if err := s.logoutErr(ctx, secret); err != nil && !Refused(err) { // a deleted token needs no logout
 		s.o.Logger.Warn("ACL logout of the previous token", "err", err)
 	}
 }
@@ -153,8 +156,8 @@ func (s *Session) logoutErr(ctx context.Context, secret string) error {
 }
 
 // BearerChanged reports whether the bearer token file now holds something
-// other than what the last login presented (a renewed JWT). An unreadable or
-// empty file is not a change: it may be half-way through being rewritten.
+// other than what the last login attempt read (a renewed JWT). An unreadable
+// or empty file is not a change: it may be half-way through being rewritten.
 func (s *Session) BearerChanged() bool {
 	b, err := os.ReadFile(s.o.BearerTokenFile)
 	if err != nil || len(bytes.TrimSpace(b)) == 0 {
@@ -206,3 +209,27 @@ func (s *Session) Consul(c config.Consul) config.Consul {
 	}
 	return c
 }
+
+// Recover is the crash-only start: a token that a killed run left in
+// TokenFile is logged out and the file removed. A token the agent no longer
+// knows is not an error.
+func (s *Session) Recover(ctx context.Context) {
+	if s.o.TokenFile == "" {
+		return
+	}
+	b, err := os.ReadFile(s.o.TokenFile)
+	if err != nil {
+		return
+	}
+	if secret := strings.TrimSpace(string(b)); secret != "" {
+		if err := s.logoutErr(ctx, secret); err != nil && !Refused(err) {
+			s.o.Logger.Warn("ACL logout of a token a previous run left", "err", err)
+		} else {
+			s.o.Logger.Info("ACL logout of a token a previous run left")
+		}
+	}
+	_ = os.Remove(s.o.TokenFile)
+}
+
+// Method is the auth method's name.
+func (s *Session) Method() string { return s.o.Method }

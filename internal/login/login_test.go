@@ -148,3 +148,22 @@ func TestNewRequiresOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestRecoverLogsOutWhatACrashedRunLeft(t *testing.T) {
+	acl := &fakeACL{accept: "jwt", live: map[string]bool{"left-behind": true}}
+	s, _, tokFile := newSession(t, acl)
+	if err := os.MkdirAll(filepath.Dir(tokFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokFile, []byte("left-behind\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Recover(t.Context())
+	if acl.live["left-behind"] {
+		t.Error("the token a crashed run left is still live")
+	}
+	if _, err := os.Stat(tokFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("token file still there: %v", err)
+	}
+	s.Recover(t.Context()) // nothing left: a no-op
+}

@@ -57,6 +57,7 @@ type Metrics struct {
 
 	mu         sync.Mutex
 	lastHealth string
+	lastProxy  string
 
 	// DataPlane holds the families of the in-process data plane (mode
 	// native); they exist, at zero, in every mode.
@@ -112,10 +113,19 @@ func New() *Metrics {
 // Registry is where the families live (for tests and extra collectors).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// ProxyState records the supervised proxy's state (a supervisor.State).
+// ProxyState records the supervised proxy's state (a supervisor.State). A
+// move from backoff to starting is the supervisor restarting an exited
+// proxy: it counts as a restart with reason RestartExited.
 func (m *Metrics) ProxyState(state string) {
 	if m == nil {
 		return
+	}
+	m.mu.Lock()
+	prev := m.lastProxy
+	m.lastProxy = state
+	m.mu.Unlock()
+	if prev == "backoff" && state == "starting" {
+		m.proxyRestarts.WithLabelValues(RestartExited).Inc()
 	}
 	oneHot(m.proxyState, ProxyStates, state)
 }
@@ -131,8 +141,8 @@ func oneHot(g *prometheus.GaugeVec, values []string, value string) {
 	}
 }
 
-// ProxyRestarted counts one restart of the proxy (RestartExited or
-// RestartReconfigured).
+// ProxyRestarted counts one restart of the proxy that ProxyState does not
+// see as one (RestartReconfigured: meshx-proxy replaced it).
 func (m *Metrics) ProxyRestarted(reason string) {
 	if m == nil {
 		return

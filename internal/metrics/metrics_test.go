@@ -58,9 +58,10 @@ func TestFamiliesExistAtZero(t *testing.T) {
 
 func TestValuesMove(t *testing.T) {
 	m := New()
-	m.ProxyState("running")
-	m.ProxyRestarted(RestartExited)
-	m.ProxyRestarted(RestartExited)
+	for _, st := range []string{"starting", "running", "backoff", "starting", "running", "backoff", "starting", "running",
+		"stopping", "stopped", "starting", "running"} {
+		m.ProxyState(st) // two restarts by the supervisor; a stop and a start are none
+	}
 	m.ProxyRestarted(RestartReconfigured)
 	t0 := time.Unix(1700000000, 0)
 	m.Heartbeat("critical", t0)
@@ -188,7 +189,7 @@ func TestMergeEnvoy(t *testing.T) {
 	})
 	admin := httptest.NewServer(mux)
 	m := New()
-	m.ProxyRestarted(RestartExited)
+	m.ProxyRestarted(RestartReconfigured)
 	s, err := Listen("127.0.0.1:0", m.Handler(HandlerOptions{Merge: admin.URL + "/stats/prometheus"}))
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +199,7 @@ func TestMergeEnvoy(t *testing.T) {
 	if v := value(t, mfs, "envoy_cluster_upstream_cx_total", map[string]string{"envoy_cluster_name": "local_app"}); v != 42 {
 		t.Errorf("envoy's counter = %v, want 42", v)
 	}
-	if v := value(t, mfs, "meshx_proxy_restarts_total", map[string]string{"reason": RestartExited}); v != 1 {
+	if v := value(t, mfs, "meshx_proxy_restarts_total", map[string]string{"reason": RestartReconfigured}); v != 1 {
 		t.Errorf("meshx's counter = %v, want 1", v)
 	}
 	if v := value(t, mfs, "meshx_envoy_metrics_up", nil); v != 1 {

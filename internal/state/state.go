@@ -37,6 +37,12 @@ func (d Dirs) ProxyPIDPath(name string) string {
 	return filepath.Join(d.Runtime, "proxies", name+".proxy-pid")
 }
 
+// TokenPath is where meshx-proxy keeps the ACL token its login got (0600),
+// for its proxy to be given.
+func (d Dirs) TokenPath(name string) string {
+	return filepath.Join(d.Runtime, "proxies", name+".token")
+}
+
 // WriteFile writes data atomically (temp file in the same dir, fsync, rename)
 // unless the file already holds exactly data. It reports whether it wrote.
 func WriteFile(path string, data []byte, perm fs.FileMode) (bool, error) {

@@ -127,6 +127,9 @@ func lost(err error) bool {
 			return true
 		}
 		b := strings.ToLower(se.Body)
+		if strings.Contains(b, "acl not found") { // the token is refused, not the check lost
+			return false
+		}
 		return strings.Contains(b, "unknown check") || strings.Contains(b, "does not have associated ttl") ||
 			strings.Contains(b, "not found")
 	}

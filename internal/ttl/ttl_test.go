@@ -230,6 +230,7 @@ func TestLostCheckReregisters(t *testing.T) {
 		{"wrapped 404", fmt.Errorf("put: %w", api.StatusError{Code: 404}), true, nil},
 		{"500 other", api.StatusError{Code: 500, Body: "rpc error: leader lost"}, false, nil},
 		{"403", api.StatusError{Code: 403, Body: "Permission denied"}, false, nil},
+		{"403 token refused", api.StatusError{Code: 403, Body: "ACL not found"}, false, nil},
 		{"transport error", errors.New("dial tcp 127.0.0.1:8500: connect: connection refused"), false, nil},
 		{"re-register fails", api.StatusError{Code: 404}, true, errors.New("agent refused the registration")},
 	}

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/login"
 	"github.com/meshx/meshx/internal/register"
@@ -17,9 +15,9 @@ import (
 // through the auth method and keeps the token in memory only (each
 // meshx-proxy logs in for itself); done logs out once the command no longer
 // needs the agent. done is idempotent and never nil.
-func agentClient(ctx context.Context, env Env, c config.Consul, wait time.Duration) (cl *api.Client, done func(), err error) {
+func agentClient(ctx context.Context, env Env, c config.Consul, wait time.Duration) (cl register.Agent, done func(), err error) {
 	done = func() {}
-	if cl, err = register.NewClient(c); err != nil {
+	if cl, err = env.connect(c); err != nil {
 		return nil, done, err
 	}
 	if wait > 0 {
@@ -47,7 +45,7 @@ func agentClient(ctx context.Context, env Env, c config.Consul, wait time.Durati
 			}
 		})
 	}
-	if cl, err = register.NewClient(s.Consul(c)); err != nil {
+	if cl, err = env.connect(s.Consul(c)); err != nil {
 		done()
 		return nil, func() {}, err
 	}

@@ -26,7 +26,7 @@ func TestWithAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	ag := cl.Agent()
-	r := &register.Registrar{Agent: ag, Hostname: "h1"}
+	r := &register.Registrar{Agent: register.NewAPI(cl), Hostname: "h1"}
 	ctx := context.Background()
 	has := func(t *testing.T, id string) bool {
 		t.Helper()

@@ -16,6 +16,7 @@ import (
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
+	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
 )
 
@@ -24,6 +25,28 @@ type Env struct {
 	Dirs   state.Dirs
 	Log    *slog.Logger
 	Stdout io.Writer
+	// Stderr receives the problems of broken service-configs and the output
+	// of foreground meshx-proxy children. nil: discard.
+	Stderr io.Writer
+	// Connect returns the agent for meshx.yaml's consul section. nil:
+	// register.Connect (the consul/api client).
+	Connect func(config.Consul) (register.Agent, error)
+}
+
+// connect returns the agent of c through env's seam.
+func (env Env) connect(c config.Consul) (register.Agent, error) {
+	if env.Connect != nil {
+		return env.Connect(c)
+	}
+	return register.Connect(c)
+}
+
+// stderr is env.Stderr, or a discarding writer.
+func (env Env) stderr() io.Writer {
+	if env.Stderr != nil {
+		return env.Stderr
+	}
+	return io.Discard
 }
 
 // Loaded is a host's configuration, validated and rendered.

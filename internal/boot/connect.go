@@ -158,7 +158,7 @@ func apply(ctx context.Context, env Env, name string) (*plan.Plan, error) {
 		return nil, err
 	}
 	defer logout()
-	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
+	r := &register.Registrar{Agent: cl, Hostname: l.Hostname}
 	if _, err := r.Ensure(ctx, pl, "", false); err != nil {
 		return nil, err
 	}

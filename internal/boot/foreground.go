@@ -46,7 +46,7 @@ func (f *fleet) start(pl *plan.Plan) {
 	sup, err := supervisor.New(supervisor.Options{
 		Name: "meshx-proxy " + pl.Name, Argv: argv, Logger: f.env.Log.With("service", pl.Name),
 		MaxRestarts: -1, StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
-		Output: os.Stderr, // meshx-proxy logs structured lines of its own
+		Output: f.env.stderr(), // meshx-proxy logs structured lines of its own
 		// Exit 2 is bad input (no plan, broken meshx.yaml) and 3 a proxy
 		// that kept crashing until max_restarts: restarting cannot help,
 		// as the unit's RestartPreventExitStatus=2 3 says.

@@ -130,7 +130,7 @@ func Stop(ctx context.Context, env Env, name string) error {
 		return err
 	}
 	defer logout()
-	r := &register.Registrar{Agent: cl.Agent(), Hostname: pl.Registration.Meta[plan.MetaHost]}
+	r := &register.Registrar{Agent: cl, Hostname: pl.Registration.Meta[plan.MetaHost]}
 	if err := r.Deregister(ctx, pl.ID, pl.SidecarID); err != nil {
 		return err
 	}

@@ -60,13 +60,13 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		return err
 	}
 	fault.Point("allocated")
-	ReportBroken(l.Set, env.Log, os.Stderr)
+	ReportBroken(l.Set, env.Log, env.stderr())
 	cl, logout, err := agentClient(ctx, env, l.Global.Consul, l.Global.Consul.Wait)
 	if err != nil {
 		return err
 	}
 	defer logout()
-	r := &register.Registrar{Agent: cl.Agent(), Hostname: l.Hostname}
+	r := &register.Registrar{Agent: cl, Hostname: l.Hostname}
 	var fl *fleet
 	onUp := func(*plan.Plan) {}
 	if o.Foreground {
@@ -326,8 +326,8 @@ func reconcileUnits(ctx context.Context, env Env, up []*plan.Plan) error {
 }
 
 // CheckStatus returns each owned check's status by check id.
-func CheckStatus(ctx context.Context, cl *api.Client) (map[string]*api.AgentCheck, error) {
-	return cl.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+func CheckStatus(ctx context.Context, ag register.Agent) (map[string]*api.AgentCheck, error) {
+	return ag.ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
 }
 
 // recoverTo turns a panic of a goroutine working on one service into that

@@ -39,7 +39,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
 	withVersion(root)
 	env := func(c *cobra.Command) (boot.Env, error) {
 		log, err := g.logger(stderr)
-		return boot.Env{Dirs: g.dirs, Log: log, Stdout: c.OutOrStdout()}, err
+		return boot.Env{Dirs: g.dirs, Log: log, Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr()}, err
 	}
 	root.AddCommand(validateCmd(env), renderCmd(env), runCmd(env, &g), statusCmd(env),
 		stopCmd(env), connectCmd(env), disconnectCmd(env), versionCmd())

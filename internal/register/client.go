@@ -117,17 +117,16 @@ func ProxyEnv(c config.Consul, base []string) ([]string, error) {
 // ErrAgentUnreachable is returned when the agent did not answer in time.
 var ErrAgentUnreachable = errors.New("consul agent unreachable")
 
-// WaitAgent retries until the agent answers /v1/status/leader (the lightest
-// call there is; its answer does not matter) or wait passes, with
+// WaitAgent retries until the agent answers a Ping or wait passes, with
 // exponential backoff and jitter (0.5s growing to 10s, the last sleep cut to
 // end at the deadline, so the last try is made at about wait); each failure
 // after the first is logged.
-func WaitAgent(ctx context.Context, cl *api.Client, addr string, wait time.Duration, log *slog.Logger) error {
+func WaitAgent(ctx context.Context, a Agent, addr string, wait time.Duration, log *slog.Logger) error {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 500*time.Millisecond, 10*time.Second
 	deadline := time.Now().Add(wait)
 	for tries := 1; ; tries++ {
-		_, err := cl.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		err := a.Ping(ctx)
 		if err == nil {
 			return nil
 		}

@@ -207,13 +207,13 @@ func TestProxyEnv(t *testing.T) {
 // TestWaitAgent runs against fake agents: one that answers after failing
 // twice, one that is down for good, and a cancelled wait.
 func TestWaitAgent(t *testing.T) {
-	client := func(t *testing.T, addr string) *api.Client {
+	client := func(t *testing.T, addr string) Agent {
 		t.Helper()
 		cl, err := api.NewClient(&api.Config{Address: addr})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cl
+		return NewAPI(cl)
 	}
 
 	t.Run("retries until the agent answers", func(t *testing.T) {

@@ -17,7 +17,7 @@ var ErrNotOwned = errors.New("service not owned by meshx on this host")
 
 // Registrar registers plans with one agent, as one host.
 type Registrar struct {
-	Agent    *api.Agent
+	Agent    Agent
 	Hostname string // the owner recorded in each service's meta
 }
 

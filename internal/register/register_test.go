@@ -49,7 +49,7 @@ func (r *recorder) writes() []string {
 type agent struct {
 	api *api.Agent // direct, for setting up and checking
 	rec *recorder
-	via *api.Agent // through the recorder, for the code under test
+	via API // through the recorder, for the code under test
 }
 
 func startAgent(t *testing.T) *agent {
@@ -73,7 +73,7 @@ func startAgent(t *testing.T) *agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &agent{api: direct.Agent(), rec: rec, via: via.Agent()}
+	return &agent{api: direct.Agent(), rec: rec, via: NewAPI(via)}
 }
 
 // buildPlan renders a service-config (meshx shape) for a host, as meshx-init does.

@@ -2,16 +2,17 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"time"
 
-	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/dataplane"
 	"github.com/meshx/meshx/internal/metrics"
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/supervisor"
 )
 
@@ -26,52 +27,89 @@ var _ dataplane.Observer = (*metrics.Observer)(nil)
 // nativeDrain is how long the native plane lets open connections finish at stop.
 var nativeDrain = 5 * time.Second
 
-func (d *daemon) native() bool { return d.pl.Proxy.Mode == config.ModeNative }
+// nativeProxy is the Proxy that runs the Connect data plane in process
+// (mode native).
+type nativeProxy struct {
+	p     ProxyParams
+	plane *dataplane.Plane
+}
 
-// startNative starts the in-process data plane: its listeners accept from
-// here on, and serve once it has its identity and the intentions.
-func (d *daemon) startNative(ctx context.Context) error {
-	o, err := d.planeOptions(ctx)
+func newNativeProxy(_ Options, p ProxyParams) (Proxy, error) {
+	return &nativeProxy{p: p}, nil
+}
+
+// Start starts the in-process data plane: its listeners accept from here
+// on, and serve once it has its identity and the intentions.
+func (n *nativeProxy) Start(ctx context.Context) error {
+	o, err := n.options(ctx)
 	if err != nil {
 		return err
 	}
-	p, err := dataplane.New(o)
+	pl, err := dataplane.New(o)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	if err := p.Start(ctx); err != nil {
+	if err := pl.Start(ctx); err != nil {
 		return fmt.Errorf("native data plane: %w", err)
 	}
-	d.plane = p
-	d.status("native data plane started")
-	d.mu.Lock()
-	d.st.ProxyPID, d.st.ProxyState = os.Getpid(), string(supervisor.StateRunning)
-	d.mu.Unlock()
-	d.publish()
+	n.plane = pl
+	n.p.Logger.Info("native data plane started")
+	if n.p.OnState != nil {
+		n.p.OnState(ProxyState{State: string(supervisor.StateRunning), PID: os.Getpid()})
+	}
 	return nil
 }
 
-func (d *daemon) stopNative() {
-	if d.plane == nil {
-		return
+// Exited never yields: the plane does not give up by itself.
+func (n *nativeProxy) Exited() <-chan error { return nil }
+
+func (n *nativeProxy) Stop() {
+	if n.plane != nil {
+		n.plane.Stop(nativeDrain)
+		n.plane = nil
 	}
-	d.plane.Stop(nativeDrain)
-	d.plane = nil
 }
 
-// planeOptions derives the data plane's settings from the plan: the
-// sidecar's public port on every address, the app where the sidecar
-// reaches it, the upstreams the registration lists, and in transparent
-// mode the outbound port on loopback.
-func (d *daemon) planeOptions(ctx context.Context) (dataplane.Options, error) {
-	port, err := d.publicPort(ctx)
+func (n *nativeProxy) Accepting(ctx context.Context) error {
+	if n.plane == nil {
+		return errors.New("native data plane not running")
+	}
+	select {
+	case <-n.plane.Ready():
+	default:
+		return errors.New("native data plane waiting for its certificate, the CA roots and the intentions")
+	}
+	return Listening(ctx, n.p.Plan, n.p.PublicPort)
+}
+
+// Reload opens and closes upstream listeners in place: the others, and
+// every open connection, carry on.
+func (n *nativeProxy) Reload(pl *plan.Plan) error {
+	n.p.Plan = pl
+	if n.plane == nil {
+		return nil
+	}
+	return n.plane.SetUpstreams(planUpstreams(pl))
+}
+
+// options derives the data plane's settings from the plan: the sidecar's
+// public port on every address, the app where the sidecar reaches it, the
+// upstreams the registration lists, and in transparent mode the outbound
+// port on loopback.
+func (n *nativeProxy) options(ctx context.Context) (dataplane.Options, error) {
+	pl := n.p.Plan
+	port, err := n.p.PublicPort(ctx)
 	if err != nil {
 		return dataplane.Options{}, err
 	}
-	o := dataplane.Options{Source: &dataplane.AgentSource{Client: d.cl}, Service: d.pl.Name,
-		Public: net.JoinHostPort("", strconv.Itoa(port)), App: appAddress(d.pl),
-		Upstreams: planUpstreams(d.pl), Logger: d.log.With("component", "dataplane")}
-	if t := d.pl.Transparent; t != nil {
+	cl, err := register.NewClient(n.p.Consul)
+	if err != nil {
+		return dataplane.Options{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	o := dataplane.Options{Source: &dataplane.AgentSource{Client: cl}, Service: pl.Name,
+		Public: net.JoinHostPort("", strconv.Itoa(port)), App: appAddress(pl),
+		Upstreams: planUpstreams(pl), Logger: n.p.Logger.With("component", "dataplane")}
+	if t := pl.Transparent; t != nil {
 		// REDIRECT sends to the loopback address of the connection's family.
 		o.Outbound = []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(t.OutboundPort))}
 		if hostHasIPv6() {

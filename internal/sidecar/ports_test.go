@@ -25,8 +25,7 @@ func TestPortsFree(t *testing.T) {
 	pl.SidecarPort = held()
 	pl.Upstreams = []plan.Upstream{{Name: "db", Address: "127.0.0.1", Port: held()}}
 	// The ports above are held by this test: nothing is free yet.
-	d, _ := testDaemon(t, pl, nil)
-	err := d.portsFree()
+	err := portsFree(pl)
 	for _, want := range []string{
 		"port " + strconv.Itoa(pl.SidecarPort) + " (public mTLS listener) is in use by another process",
 		"port " + strconv.Itoa(pl.Upstreams[0].Port) + " (upstream db listener) is in use by another process",
@@ -40,7 +39,7 @@ func TestPortsFree(t *testing.T) {
 	p := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	pl.SidecarPort, pl.Upstreams = p, nil
-	if err := d.portsFree(); err != nil {
+	if err := portsFree(pl); err != nil {
 		t.Errorf("portsFree() with a free port: %v", err)
 	}
 }

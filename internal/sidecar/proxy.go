@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/user"
@@ -14,41 +13,119 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
+	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/supervisor"
-	"github.com/meshx/meshx/internal/ttl"
 )
 
-func (d *daemon) newSupervisor() (*supervisor.Supervisor, error) {
-	env, err := register.ProxyEnv(d.o.Global.Consul, os.Environ())
+// execProxy is the Proxy that supervises an external proxy process (the
+// plan's proxy argv): restarts with backoff, SIGTERM then SIGKILL at stop,
+// its pid recorded so that a killed meshx-proxy's proxy can be found later.
+type execProxy struct {
+	p       ProxyParams
+	sup     *supervisor.Supervisor
+	pidFile string
+	exited  chan error // capacity 1: the supervisor gave up
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the supervisor's Run returned
+	err     error         // Run's result at Stop, once done
+}
+
+// defaultProxies is the default Options.NewProxy: the in-process data plane
+// for mode native, nil (no data plane) for a plan without a proxy command
+// (mode none), else the supervised proxy process. o's Dirs, Global and
+// ProxyStopTimeout are used.
+func defaultProxies(o Options) func(ProxyParams) (Proxy, error) {
+	return func(p ProxyParams) (Proxy, error) {
+		if p.Plan.Proxy.Mode == config.ModeNative {
+			return newNativeProxy(o, p)
+		}
+		return newExecProxy(o, p)
+	}
+}
+
+func newExecProxy(o Options, p ProxyParams) (Proxy, error) {
+	pl := p.Plan
+	if len(pl.Proxy.Argv) == 0 {
+		return nil, nil
+	}
+	// The token is read now: a proxy started after a rotation gets the new one.
+	env, err := register.ProxyEnv(p.Consul, os.Environ())
 	if err != nil {
 		return nil, err
 	}
-	cred, err := credential(d.pl.Proxy.User)
+	cred, err := credential(pl.Proxy.User)
 	if err != nil {
 		return nil, fmt.Errorf("%w: proxy.user: %w", ErrConfig, err)
 	}
-	return supervisor.New(supervisor.Options{
-		Name: "proxy", Argv: d.pl.Proxy.Argv, Env: env, Credential: cred,
-		Logger: d.log.With("component", "proxy"), MaxRestarts: d.pl.Proxy.MaxRestarts,
-		StopTimeout: d.o.ProxyStopTimeout, RestartOnSuccess: true,
-		OnStateChange: d.onProxyState, PreStart: d.portsFree,
+	e := &execProxy{p: p, pidFile: o.Dirs.ProxyPIDPath(pl.Name), exited: make(chan error, 1)}
+	e.sup, err = supervisor.New(supervisor.Options{
+		Name: "proxy", Argv: pl.Proxy.Argv, Env: env, Credential: cred,
+		Logger: p.Logger.With("component", "proxy"), MaxRestarts: pl.Proxy.MaxRestarts,
+		StopTimeout: o.ProxyStopTimeout, RestartOnSuccess: true,
+		OnStateChange: e.onState, PreStart: func() error { return portsFree(pl) },
 	})
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
-func (d *daemon) onProxyState(s supervisor.Status) {
-	d.mu.Lock()
-	d.st.ProxyPID, d.st.ProxyState, d.st.Restarts = s.PID, string(s.State), s.Restarts
-	d.mu.Unlock()
+func (e *execProxy) Start(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.cancel, e.done = cancel, make(chan struct{})
+	go func() {
+		defer close(e.done)
+		err := e.sup.Run(sctx)
+		if sctx.Err() == nil { // ended by itself, not by Stop: reported there
+			e.exited <- err
+			err = nil
+		}
+		e.err = err
+	}()
+	return nil
+}
+
+func (e *execProxy) Exited() <-chan error { return e.exited }
+
+func (e *execProxy) Stop() {
+	if e.cancel == nil {
+		return
+	}
+	e.cancel()
+	<-e.done
+	e.cancel = nil
+	if e.err != nil && !errors.Is(e.err, context.Canceled) {
+		e.p.Logger.Warn("proxy stop", "err", e.err)
+	}
+}
+
+func (e *execProxy) Accepting(ctx context.Context) error {
+	s := e.sup.Status()
+	if s.State != supervisor.StateRunning {
+		return fmt.Errorf("proxy not running (%s, %d restarts; last exit: %s)", s.State, s.Restarts, orNone(s.LastExit))
+	}
+	return Listening(ctx, e.p.Plan, e.p.PublicPort)
+}
+
+func (e *execProxy) onState(s supervisor.Status) {
 	if s.State == supervisor.StateRunning && s.PID > 0 {
 		rec := fmt.Sprintf("%d %s\n", s.PID, state.ProcStart(s.PID))
-		_, _ = state.WriteRuntimeFile(d.o.Dirs.ProxyPIDPath(d.o.Service), []byte(rec), 0o644)
+		_, _ = state.WriteRuntimeFile(e.pidFile, []byte(rec), 0o644)
 	}
-	d.publish()
+	if e.p.OnState != nil {
+		e.p.OnState(ProxyState{State: string(s.State), PID: s.PID, Restarts: s.Restarts})
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 // credential resolves the user the proxy runs as; "" or our own user: nil.
@@ -73,132 +150,23 @@ func credential(name string) (*syscall.Credential, error) {
 
 // owner is what the rules exclude from redirection: the native plane's mark,
 // or the proxy process's user.
-func (d *daemon) owner() Owner {
-	if d.native() {
+func owner(pl *plan.Plan) Owner {
+	if pl.Proxy.Mode == config.ModeNative {
 		return Owner{Mark: NativeMark}
 	}
-	return Owner{UID: d.proxyUID()}
+	return Owner{UID: proxyUID(pl)}
 }
 
-func (d *daemon) proxyUID() int {
-	if d.pl.Proxy.User == "" {
+// proxyUID is the uid the proxy process runs as.
+func proxyUID(pl *plan.Plan) int {
+	if pl.Proxy.User == "" {
 		return os.Geteuid()
 	}
-	if u, err := user.Lookup(d.pl.Proxy.User); err == nil {
+	if u, err := user.Lookup(pl.Proxy.User); err == nil {
 		n, _ := strconv.Atoi(u.Uid)
 		return n
 	}
 	return os.Geteuid()
-}
-
-// probe computes the service's health from the parts traffic needs.
-func (d *daemon) probe(ctx context.Context) ttl.Health {
-	crit := func(format string, a ...any) ttl.Health {
-		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}
-	}
-	d.mu.Lock()
-	tokenProblem := d.tokenProblem
-	d.mu.Unlock()
-	if tokenProblem != nil {
-		return crit("%v", tokenProblem)
-	}
-	switch {
-	case d.native():
-		if d.plane == nil {
-			return crit("native data plane not running")
-		}
-		select {
-		case <-d.plane.Ready():
-		default:
-			return crit("native data plane waiting for its certificate, the CA roots and the intentions")
-		}
-		if h, ok := d.listenersAccept(ctx); !ok {
-			return h
-		}
-	case len(d.pl.Proxy.Argv) > 0:
-		if d.sup == nil {
-			return crit("proxy not running (not started)")
-		}
-		s := d.sup.Status()
-		if s.State != supervisor.StateRunning {
-			return crit("proxy not running (%s, %d restarts; last exit: %s)", s.State, s.Restarts, orNone(s.LastExit))
-		}
-		if h, ok := d.listenersAccept(ctx); !ok {
-			return h
-		}
-	}
-	if d.pl.Probe == "tcp" {
-		if err := dial(ctx, d.pl.Address, d.pl.Port); err != nil {
-			return crit("app not reachable at %s:%d: %v", d.pl.Address, d.pl.Port, err)
-		}
-		return ttl.Health{Status: api.HealthPassing, Output: fmt.Sprintf("proxy running, app reachable at %s:%d", d.pl.Address, d.pl.Port)}
-	}
-	return ttl.Health{Status: api.HealthPassing, Output: "proxy running"}
-}
-
-// listenersAccept checks that the public listener and every upstream
-// listener accept a connection.
-func (d *daemon) listenersAccept(ctx context.Context) (ttl.Health, bool) {
-	crit := func(format string, a ...any) (ttl.Health, bool) {
-		return ttl.Health{Status: api.HealthCritical, Output: fmt.Sprintf(format, a...)}, false
-	}
-	port, err := d.publicPort(ctx)
-	if err != nil {
-		return crit("sidecar %s: %v", d.pl.SidecarID, err)
-	}
-	if err := dial(ctx, "127.0.0.1", port); err != nil {
-		return crit("proxy not accepting on port %d: %v", port, err)
-	}
-	for _, u := range d.pl.Upstreams {
-		if err := dial(ctx, u.Address, u.Port); err != nil {
-			return crit("upstream %s listener %s:%d not accepting: %v", u.Name, u.Address, u.Port, err)
-		}
-	}
-	return ttl.Health{}, true
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
-}
-
-// publicPort is the sidecar's public (mTLS) port: pinned in the plan, else
-// (a plan from an older meshx) as the agent assigned it.
-func (d *daemon) publicPort(ctx context.Context) (int, error) {
-	if d.pl.SidecarPort != 0 {
-		return d.pl.SidecarPort, nil
-	}
-	d.mu.Lock()
-	p := d.sidecarPort
-	d.mu.Unlock()
-	if p != 0 {
-		return p, nil
-	}
-	s, _, err := d.cl.Agent().Service(d.pl.SidecarID, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return 0, err
-	}
-	d.mu.Lock()
-	d.sidecarPort = s.Port
-	d.mu.Unlock()
-	return s.Port, nil
-}
-
-func dial(ctx context.Context, host string, port int) error {
-	if host == "" || host == "0.0.0.0" {
-		host = "127.0.0.1"
-	}
-	c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		var oe *net.OpError
-		if errors.As(err, &oe) && oe.Err != nil {
-			return oe.Err
-		}
-		return err
-	}
-	return c.Close()
 }
 
 // KillStaleProxy ends a proxy a killed meshx-proxy left behind (crash-only
@@ -234,7 +202,7 @@ func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
 // is to listen on. Such a proxy could not bind it, and the probe, dialling the
 // port, would reach the other process and look healthy. A failure counts as a
 // failed start (restarts with backoff), and the check's output names the port.
-func (d *daemon) portsFree() error {
+func portsFree(pl *plan.Plan) error {
 	var errs []error
 	check := func(what string, ip netip.Addr, port int) {
 		if port <= 0 {
@@ -248,8 +216,8 @@ func (d *daemon) portsFree() error {
 		}
 	}
 	// The public listener binds every address unless told otherwise.
-	check("public mTLS listener", netip.IPv4Unspecified(), d.pl.SidecarPort)
-	for _, u := range d.pl.Upstreams {
+	check("public mTLS listener", netip.IPv4Unspecified(), pl.SidecarPort)
+	for _, u := range pl.Upstreams {
 		ip, err := netip.ParseAddr(u.Address)
 		if err != nil {
 			ip = netip.AddrFrom4([4]byte{127, 0, 0, 1})

@@ -112,7 +112,7 @@ func (d *daemon) applyRules(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.Apply(ctx, d.pl.Transparent, port, d.owner()); err != nil {
+	if err := r.Apply(ctx, d.pl.Transparent, port, owner(d.pl)); err != nil {
 		return err
 	}
 	d.rulesIn = true

@@ -1,8 +1,9 @@
 // Package sidecar is meshx-proxy: it keeps one service in the mesh. It makes
-// sure the registration is in the agent, supervises the proxy process, installs
-// transparent-proxy rules once the proxy accepts, heartbeats the TTL check from
-// real health (proxy alive, listeners accepting, app reachable), says READY only
-// when traffic can flow, and on stop undoes all of it in reverse.
+// sure the registration is in the agent, runs the service's data plane (a
+// Proxy), installs transparent-proxy rules once the proxy accepts, heartbeats
+// the TTL check from real health (proxy alive, listeners accepting, app
+// reachable), says READY only when traffic can flow, and on stop undoes all of
+// it in reverse.
 package sidecar
 
 import (
@@ -11,8 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"reflect"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/config"
-	"github.com/meshx/meshx/internal/dataplane"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
@@ -43,12 +41,18 @@ type Owner struct {
 	Mark uint32
 }
 
-// Options configure Run. Required: Dirs, Global, Service.
+// Options configure Run. Each field's comment says what its zero value
+// means; withDefaults fills them in.
 type Options struct {
-	Dirs    state.Dirs
-	Global  *config.Global
+	// Dirs are meshx's directories: the plan is read from State, the status
+	// and pid files go to Runtime. Required: State and Runtime.
+	Dirs state.Dirs
+	// Global is meshx.yaml. Required.
+	Global *config.Global
+	// Service is the service's name, the unit's instance. Required.
 	Service string
-	Logger  *slog.Logger // nil: discard
+	// Logger receives everything meshx-proxy logs. nil: discard.
+	Logger *slog.Logger
 	// Notify sends sd_notify states ("READY=1", "STATUS=...", "WATCHDOG=1",
 	// "STOPPING=1"). nil: none.
 	Notify func(state string)
@@ -56,36 +60,89 @@ type Options struct {
 	// when rules are to be installed or removed (the plan enables transparent
 	// proxy, or a previous run left rules). nil: such a service fails to start.
 	NewRedirector func() (Redirector, error)
+	// Connect returns the agent for meshx.yaml's consul section. It is called
+	// at start and again after the ACL token file changed, so it must read
+	// the token file each time. nil: register.Connect (consul/api).
+	Connect func(config.Consul) (register.Agent, error)
+	// NewProxy makes the data plane of a plan; called at start and for each
+	// restart of the data plane (changed command or mode, rotated token). It
+	// returns a nil Proxy for a plan without a data plane (mode none). nil:
+	// the in-process data plane for mode native, else the plan's proxy
+	// command supervised as a child process.
+	NewProxy func(ProxyParams) (Proxy, error)
 	// StopTimeout bounds each shutdown step; 0 = 5s.
 	StopTimeout time.Duration
 	// ProxyStopTimeout is the proxy's SIGTERM grace period; 0 = 10s.
 	ProxyStopTimeout time.Duration
+	// Poll is how often the ACL token file is checked for a change and the
+	// watchdog's progress is refreshed between slow beats; 0 = 1s.
+	Poll time.Duration
 	// Reload, when it yields, makes meshx-proxy re-read its plan (SIGHUP):
 	// registration and upstreams are updated, the proxy restarted only if its
-	// command changed.
+	// command changed. nil: never.
 	Reload <-chan struct{}
 }
 
 // ErrConfig marks problems that restarting will not fix (exit code 2).
 var ErrConfig = errors.New("configuration")
 
-type daemon struct {
-	o        Options
-	log      *slog.Logger
-	pl       *plan.Plan
-	cl       *api.Client
-	reg      *register.Registrar
-	sup      *supervisor.Supervisor
-	plane    *dataplane.Plane   // mode native: the in-process data plane
-	supErr   chan error         // the running supervisor's result
-	supStop  context.CancelFunc // stops the running supervisor
-	progress atomic.Int64       // unix nanos of the main loop's last step
+// ErrMissingOption is returned (wrapped, with ErrConfig) by Run when a
+// required option is empty.
+var ErrMissingOption = errors.New("sidecar: missing required option")
 
-	mu          sync.Mutex
-	st          state.Status
-	sidecarPort int
-	rulesIn     bool
-	redirector  Redirector
+// withDefaults checks the required options and fills in the defaults. It is
+// the only place defaults are applied.
+func (o Options) withDefaults() (Options, error) {
+	var missing []error
+	for name, empty := range map[string]bool{"Dirs.State": o.Dirs.State == "", "Dirs.Runtime": o.Dirs.Runtime == "",
+		"Global": o.Global == nil, "Service": o.Service == ""} {
+		if empty {
+			missing = append(missing, fmt.Errorf("%w: %s", ErrMissingOption, name))
+		}
+	}
+	if err := errors.Join(missing...); err != nil {
+		return o, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Notify == nil {
+		o.Notify = func(string) {}
+	}
+	if o.Connect == nil {
+		o.Connect = register.Connect
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = 5 * time.Second
+	}
+	if o.ProxyStopTimeout == 0 {
+		o.ProxyStopTimeout = supervisor.DefaultStopTimeout
+	}
+	if o.Poll == 0 {
+		o.Poll = time.Second
+	}
+	if o.NewProxy == nil {
+		o.NewProxy = defaultProxies(o)
+	}
+	return o, nil
+}
+
+type daemon struct {
+	o        Options // defaults filled in
+	log      *slog.Logger
+	progress atomic.Int64 // unix nanos of the main loop's last step
+
+	// Used only by the goroutine running Run.
+	pl         *plan.Plan
+	agent      register.Agent
+	reg        *register.Registrar
+	proxy      Proxy // the running data plane; nil: none
+	rulesIn    bool
+	redirector Redirector
+
+	mu          sync.Mutex   // guards the fields below
+	st          state.Status // written by the data plane's OnState too
+	sidecarPort int          // the agent-assigned public port, once asked
 	// tokenProblem is why the ACL token file cannot be used (nil: it can).
 	tokenProblem error
 }
@@ -93,31 +150,35 @@ type daemon struct {
 // Run runs meshx-proxy for one service until ctx ends (then cleans up and
 // returns nil) or a failure that needs a restart.
 func Run(ctx context.Context, o Options) error {
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+	d, err := newDaemon(o)
+	if err != nil {
+		return err
 	}
-	if o.Notify == nil {
-		o.Notify = func(string) {}
-	}
-	if o.StopTimeout == 0 {
-		o.StopTimeout = 5 * time.Second
+	return d.run(ctx)
+}
+
+// newDaemon checks o, loads the plan and connects the agent client (which
+// does not talk to the agent yet).
+func newDaemon(o Options) (*daemon, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	pl, err := o.Dirs.LoadPlan(o.Service)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if pl.Transparent != nil && o.NewRedirector == nil {
+		return nil, fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
 	}
 	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
 	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), StartTime: state.ProcStart(os.Getpid()),
 		Health: api.HealthCritical, Since: time.Now()}
-	if pl.Transparent != nil && o.NewRedirector == nil {
-		return fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
+	if d.agent, err = o.Connect(o.Global.Consul); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	d.cl, err = register.NewClient(o.Global.Consul)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	d.reg = &register.Registrar{Agent: d.cl.Agent(), Hostname: pl.Registration.Meta[plan.MetaHost]}
-	return d.run(ctx)
+	d.reg = &register.Registrar{Agent: d.agent, Hostname: pl.Registration.Meta[plan.MetaHost]}
+	return d, nil
 }
 
 func (d *daemon) status(s string) {
@@ -127,163 +188,111 @@ func (d *daemon) status(s string) {
 
 func (d *daemon) touch() { d.progress.Store(time.Now().UnixNano()) }
 
+// run is the life cycle: clear what a crashed run left, register, start the
+// data plane, heartbeat until stopped, shut down in reverse.
 func (d *daemon) run(ctx context.Context) error {
 	d.touch()
 	stopWatchdog := d.startWatchdog()
 	defer stopWatchdog()
+	d.clearStale(ctx)
+	if err := d.register(ctx); err != nil {
+		return d.exit(ctx, err)
+	}
+	if err := d.startProxy(ctx); err != nil {
+		return d.exit(ctx, err)
+	}
+	defer d.stopProxy()
+	hb, err := d.heartbeat()
+	if err != nil {
+		return d.exit(ctx, err)
+	}
+	return d.shutdown(d.loop(ctx, hb))
+}
+
+// clearStale is the crash-only start: the status, proxy and rules a killed
+// meshx-proxy left are removed. Rules are put back once the proxy accepts
+// again: nothing is redirected into a dead port.
+func (d *daemon) clearStale(ctx context.Context) {
 	d.publish() // a crashed run's status (ready, pids) is stale from here on
 	KillStaleProxy(d.o.Dirs, d.pl.Name, d.log)
-	// Crash-only: rules a killed meshx-proxy left are removed now and put back
-	// once the proxy accepts again: nothing is redirected into a dead port.
 	if err := d.removeRules(ctx); err != nil {
 		d.log.Warn("remove stale transparent-proxy rules", "err", err)
 	}
+}
+
+// register waits for the agent and makes sure it holds the plan, with the
+// check critical.
+func (d *daemon) register(ctx context.Context) error {
 	addr := register.Address(d.o.Global.Consul)
 	d.status("waiting for the consul agent at " + addr)
 	if err := d.waitAgent(ctx, addr); err != nil {
-		return d.exit(ctx, err)
+		return err
 	}
 	d.status("registering " + d.pl.ID)
 	res, check, err := d.reg.EnsureCheck(ctx, d.pl, api.HealthCritical, false)
 	if err != nil {
-		return d.exit(ctx, err)
+		return err
 	}
 	d.log.Info("registration", "result", string(res), "check", check)
 	// The agent keeps an existing check's status across re-registration, so a
 	// check a killed meshx-proxy left passing would stay passing: make it
 	// critical, explicitly, before holding interim criticals back.
 	if check != api.HealthCritical {
-		if err := ttl.Set(ctx, d.cl.Agent(), d.pl.CheckID, ttl.Health{Status: api.HealthCritical,
+		if err := ttl.Set(ctx, d.agent, d.pl.CheckID, ttl.Health{Status: api.HealthCritical,
 			Output: "meshx-proxy starting: proxy not running yet"}); err != nil {
 			d.log.Warn("set check critical at start", "err", err)
 		}
 	}
-	if err := d.startProxy(ctx); err != nil {
-		return d.exit(ctx, err)
+	return nil
+}
+
+// waitAgent waits for the agent as long as it takes, in rounds short enough
+// that the watchdog sees the loop alive.
+func (d *daemon) waitAgent(ctx context.Context, addr string) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := register.WaitAgent(wctx, d.agent, addr, 5*time.Second, d.log)
+		cancel()
+		d.touch()
+		if err == nil || ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
-	defer d.stopProxy()
-	hb, err := ttl.New(ttl.Options{Agent: agentRef{d}, CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
+}
+
+// heartbeat makes the TTL heartbeat of the plan's check.
+func (d *daemon) heartbeat() (*ttl.Heartbeat, error) {
+	return ttl.New(ttl.Options{Agent: agentRef{d}, CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
 		Probe: d.probe, Logger: d.log, OnBeat: d.onBeat, Hold: d.holdWhileStarting(),
 		Reregister: func(ctx context.Context, status string) error {
 			_, err := d.reg.Ensure(ctx, d.pl, status, false)
 			return err
 		}})
-	if err != nil {
-		return d.exit(ctx, err)
-	}
-	loopErr := d.loop(ctx, hb)
-	return d.shutdown(loopErr)
 }
 
-// startProxy starts supervising the plan's proxy command (none for mode none).
+// startProxy makes and starts the plan's data plane (none for mode none).
 func (d *daemon) startProxy(ctx context.Context) error {
-	d.supErr = make(chan error, 1)
-	if d.native() {
-		return d.startNative(ctx)
-	}
-	if len(d.pl.Proxy.Argv) == 0 {
-		d.sup = nil
-		return nil
-	}
-	sup, err := d.newSupervisor()
-	if err != nil {
+	p, err := d.o.NewProxy(ProxyParams{Plan: d.pl, Logger: d.log, Consul: d.o.Global.Consul,
+		PublicPort: d.publicPort, OnState: d.onProxyState})
+	if err != nil || p == nil {
+		d.proxy = nil
 		return err
 	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.sup, d.supStop = sup, cancel
 	d.status("starting proxy")
-	go func() { d.supErr <- sup.Run(sctx) }()
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	d.proxy = p
 	return nil
 }
 
-// stopProxy stops the proxy (SIGTERM, then SIGKILL after the timeout) and
-// waits for the supervisor to finish; a no-op when none runs.
+// stopProxy stops the data plane and waits for it; a no-op when none runs.
 func (d *daemon) stopProxy() {
-	d.stopNative()
-	if d.sup == nil {
-		return
+	if d.proxy != nil {
+		d.proxy.Stop()
+		d.proxy = nil
 	}
-	d.supStop()
-	if err := <-d.supErr; err != nil && !errors.Is(err, context.Canceled) {
-		d.log.Warn("proxy stop", "err", err)
-	}
-	d.sup = nil
 }
-
-func upstreamRemoved(old, cur *plan.Plan) bool {
-	have := map[string]bool{}
-	for _, u := range cur.Upstreams {
-		have[u.Key] = true
-	}
-	for _, u := range old.Upstreams {
-		if !have[u.Key] {
-			return true
-		}
-	}
-	return false
-}
-
-// reload re-reads the plan meshx-init rendered (after a config change or
-// connect/disconnect). An error ends the run (exit 1): systemd or the
-// foreground fleet restarts meshx-proxy, which then starts from the new plan.
-func (d *daemon) reload(ctx context.Context) error {
-	pl, err := d.o.Dirs.LoadPlan(d.o.Service)
-	if err != nil {
-		d.log.Error("reload plan", "err", err)
-		return nil
-	}
-	old := d.pl
-	if pl.ID != old.ID {
-		// The heartbeat, the rules and the registration all hang on the id:
-		// retire the old one and start again under the new one.
-		d.log.Info("service id changed; deregistering the old id and restarting", "old_id", old.ID, "new_id", pl.ID)
-		if err := d.reg.DeregisterOwned(ctx, old.ID, old.SidecarID); err != nil {
-			d.log.Error("deregister old id", "err", err)
-		}
-		return errIDChanged
-	}
-	if (old.Transparent == nil) != (pl.Transparent == nil) {
-		// Turning transparent proxy on or off changes the unit's capabilities:
-		// meshx-init restarts the unit for it, and the new run applies it.
-		d.log.Info("transparent proxy turned on or off: takes effect when the unit restarts")
-		pl.Transparent = old.Transparent
-	}
-	d.pl = pl
-	d.mu.Lock()
-	d.sidecarPort = 0
-	d.mu.Unlock()
-	d.log.Info("plan reloaded", "upstreams", len(pl.Upstreams))
-	if d.rulesIn && !reflect.DeepEqual(old.Transparent, pl.Transparent) {
-		if err := d.applyRules(ctx); err != nil {
-			d.log.Error("update transparent-proxy rules", "err", err)
-		}
-	}
-	if _, err := d.reg.Ensure(ctx, pl, "", false); err != nil {
-		d.log.Error("register after reload", "err", err)
-	}
-	switch {
-	case old.Proxy.Mode != pl.Proxy.Mode:
-		d.log.Info("proxy mode changed; restarting the data plane", "old", old.Proxy.Mode, "new", pl.Proxy.Mode)
-	case d.plane != nil:
-		// The native plane opens and closes upstream listeners in place:
-		// the others, and every open connection, carry on.
-		if err := d.plane.SetUpstreams(planUpstreams(pl)); err != nil {
-			d.log.Error("update upstream listeners", "err", err)
-		}
-		return nil
-	case !slices.Equal(old.Proxy.Argv, pl.Proxy.Argv) || old.Proxy.User != pl.Proxy.User:
-		d.log.Info("proxy command changed; restarting the proxy")
-	case upstreamRemoved(old, pl):
-		// Consul's built-in proxy adds listeners for new upstreams on the fly
-		// but never closes those of removed ones: a restart does.
-		d.log.Info("an upstream was removed; restarting the proxy to close its listener")
-	default:
-		return nil
-	}
-	return d.restartProxy(ctx)
-}
-
-var errIDChanged = errors.New("service id changed")
 
 // restartProxy stops the proxy and starts it again (new argv, env or
 // token). A failed start ends the run: a service must not look healthy with
@@ -296,69 +305,11 @@ func (d *daemon) restartProxy(ctx context.Context) error {
 	return nil
 }
 
-// waitAgent waits for the agent as long as it takes, in rounds short enough
-// that the watchdog sees the loop alive.
-func (d *daemon) waitAgent(ctx context.Context, addr string) error {
-	for {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := register.WaitAgent(wctx, d.cl, addr, 5*time.Second, d.log)
-		cancel()
-		d.touch()
-		if err == nil || ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-}
-
-// loop heartbeats until ctx ends or the proxy gives up: fast (every 50ms)
-// until ready, then every Interval.
-func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
-	fast := 50 * time.Millisecond
-	t := time.NewTimer(0)
-	defer t.Stop()
-	alive := time.NewTicker(time.Second) // keeps progress fresh between slow beats
-	defer alive.Stop()
-	token := newTokenWatch(register.APIConfig(d.o.Global.Consul).TokenFile)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-alive.C:
-			d.touch()
-			changed, problem := token.poll()
-			if d.setTokenProblem(problem) {
-				t.Reset(0) // the check says so now, not at the next beat
-			}
-			if changed {
-				if err := d.rotateToken(ctx); err != nil {
-					return err
-				}
-			}
-			continue
-		case <-d.o.Reload:
-			if err := d.reload(ctx); err != nil {
-				return err
-			}
-			continue
-		case err := <-d.supErr:
-			d.sup = nil
-			if err == nil {
-				err = errors.New("proxy exited")
-			}
-			return fmt.Errorf("proxy: %w", err)
-		case <-t.C:
-		}
-		d.touch()
-		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		hl, err := hb.Beat(bctx)
-		cancel()
-		d.maybeReady(ctx, hl, err)
-		next := time.Duration(d.pl.Interval)
-		if !d.isReady() && next > fast {
-			next = fast
-		}
-		t.Reset(next)
-	}
+func (d *daemon) onProxyState(s ProxyState) {
+	d.mu.Lock()
+	d.st.ProxyPID, d.st.ProxyState, d.st.Restarts = s.PID, s.State, s.Restarts
+	d.mu.Unlock()
+	d.publish()
 }
 
 // startGrace is how long, at start, a critical health is not written: the
@@ -447,7 +398,7 @@ func (d *daemon) shutdown(loopErr error) error {
 		why = "meshx-proxy failed: " + loopErr.Error()
 	}
 	ctx, cancel := step()
-	if err := ttl.Set(ctx, d.cl.Agent(), d.pl.CheckID, ttl.Health{Status: api.HealthCritical, Output: why}); err != nil {
+	if err := ttl.Set(ctx, d.agent, d.pl.CheckID, ttl.Health{Status: api.HealthCritical, Output: why}); err != nil {
 		d.log.Warn("set check critical", "err", err)
 	}
 	cancel()

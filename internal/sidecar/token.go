@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/meshx/meshx/internal/register"
 )
 
 // tokenWatch notices when the ACL token file is rewritten (rotation): the
@@ -93,13 +91,13 @@ func (d *daemon) setTokenProblem(problem error) bool {
 // token it was registered with, so the old token must stop being that one
 // before it is deleted), and restarts the proxy so it gets the token too.
 func (d *daemon) rotateToken(ctx context.Context) error {
-	cl, err := register.NewClient(d.o.Global.Consul)
+	ag, err := d.o.Connect(d.o.Global.Consul)
 	if err != nil {
 		d.log.Error("ACL token file changed, but a client with it failed", "err", err)
 		return nil
 	}
-	d.cl = cl
-	d.reg.Agent = cl.Agent()
+	d.agent = ag
+	d.reg.Agent = ag
 	d.log.Info("ACL token file changed: using the new token; registering again and restarting the proxy with it")
 	d.mu.Lock()
 	status := d.st.Health
@@ -107,15 +105,15 @@ func (d *daemon) rotateToken(ctx context.Context) error {
 	if err := d.reg.Register(ctx, d.pl, status); err != nil {
 		d.log.Error("register with the new token", "err", err)
 	}
-	if d.sup == nil {
+	if d.proxy == nil {
 		return nil
 	}
 	return d.restartProxy(ctx)
 }
 
-// agentRef lets the heartbeat follow d.cl across token rotations.
+// agentRef lets the heartbeat follow d.agent across token rotations.
 type agentRef struct{ d *daemon }
 
 func (a agentRef) UpdateTTLOpts(checkID, output, status string, q *api.QueryOptions) error {
-	return a.d.cl.Agent().UpdateTTLOpts(checkID, output, status, q)
+	return a.d.agent.UpdateTTLOpts(checkID, output, status, q)
 }

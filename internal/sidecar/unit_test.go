@@ -407,12 +407,7 @@ func TestRemoveRules(t *testing.T) {
 
 // TestProbeWithoutProxy: with no proxy (mode none) health is the app's.
 func TestProbeWithoutProxy(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	open := l.Addr().(*net.TCPAddr).Port
+	open := listening(t)
 	closed := testutil.FreePort(t)
 	cases := []struct {
 		name, probe, address string
@@ -459,4 +454,15 @@ func TestCleanupWithoutPlan(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("stale proxy left running")
 	}
+}
+
+// listening returns a loopback port that accepts until the test ends.
+func listening(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().(*net.TCPAddr).Port
 }

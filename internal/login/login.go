@@ -19,9 +19,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/register"
-	"github.com/meshx/meshx/internal/state"
 )
 
 // ACL is the part of *api.ACL a Session uses.
@@ -103,7 +103,7 @@ func (s *Session) Login(ctx context.Context) error {
 			redact(err.Error(), jwt))
 	}
 	if s.o.TokenFile != "" {
-		if _, err := state.WriteRuntimeFile(s.o.TokenFile, []byte(tok.SecretID+"\n"), 0o600); err != nil {
+		if _, err := atomicfile.WriteVolatile(s.o.TokenFile, []byte(tok.SecretID+"\n"), 0o600); err != nil {
 			s.logout(ctx, tok.SecretID)
 			return fmt.Errorf("ACL login with auth method %q: keep the token: %s", s.o.Method, redact(err.Error(), tok.SecretID))
 		}

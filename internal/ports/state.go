@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/lockfile"
 )
 
@@ -47,7 +48,7 @@ func update(o Options, change func(map[string]entry) (map[string]entry, error)) 
 		return err
 	}
 	defer unlock()
-	removeStaleTemps(o.StateDir)
+	atomicfile.RemoveStale(statePath(o.StateDir)) // under the lock: no live writer owns them
 	path := statePath(o.StateDir)
 	state, raw, err := readState(path)
 	if err != nil {
@@ -124,56 +125,10 @@ func writeState(path string, state map[string]entry, old []byte) error {
 	if bytes.Equal(data, old) {
 		return nil
 	}
-	if err := writeAtomic(path, data); err != nil {
+	if _, err := atomicfile.Write(path, data, 0o644); err != nil {
 		return fmt.Errorf("write port state: %w", err)
 	}
 	return nil
-}
-
-func tempPattern(path string) string { return "." + filepath.Base(path) + ".tmp-*" }
-
-func writeAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, tempPattern(path))
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err = f.Chmod(0o644); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// removeStaleTemps deletes temporary files a crashed writer left behind; it
-// runs under the lock, so no live writer owns them.
-func removeStaleTemps(dir string) {
-	stale, _ := filepath.Glob(filepath.Join(dir, tempPattern(StateFile)))
-	for _, p := range stale {
-		os.Remove(p)
-	}
 }
 
 // lockState creates dir if needed and takes the exclusive lock on its lock

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
@@ -114,7 +115,7 @@ func (e *execProxy) Accepting(ctx context.Context) error {
 func (e *execProxy) onState(s supervisor.Status) {
 	if s.State == supervisor.StateRunning && s.PID > 0 {
 		rec := fmt.Sprintf("%d %s\n", s.PID, state.ProcStart(s.PID))
-		_, _ = state.WriteRuntimeFile(e.pidFile, []byte(rec), 0o644)
+		_, _ = atomicfile.WriteVolatile(e.pidFile, []byte(rec), 0o644)
 	}
 	if e.p.OnState != nil {
 		e.p.OnState(ProxyState{State: string(s.State), PID: s.PID, Restarts: s.Restarts})

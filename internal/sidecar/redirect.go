@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/iptables"
 	"github.com/meshx/meshx/internal/state"
@@ -105,7 +106,7 @@ func (d *daemon) applyRules(ctx context.Context) error {
 		return err
 	}
 	// Marked before applying: a crash half-way still leads to a removal.
-	if _, err := state.WriteRuntimeFile(rulesMarker(d.o.Dirs, d.pl.Name), []byte("installed\n"), 0o644); err != nil {
+	if _, err := atomicfile.WriteVolatile(rulesMarker(d.o.Dirs, d.pl.Name), []byte("installed\n"), 0o644); err != nil {
 		return err
 	}
 	port, err := d.publicPort(ctx)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/state"
@@ -163,7 +164,7 @@ func TestKillStaleProxy(t *testing.T) {
 	write := func(t *testing.T, d state.Dirs, rec string) string {
 		t.Helper()
 		p := d.ProxyPIDPath("web")
-		if _, err := state.WriteRuntimeFile(p, []byte(rec), 0o644); err != nil {
+		if _, err := atomicfile.WriteVolatile(p, []byte(rec), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return p
@@ -368,7 +369,7 @@ func TestRemoveRules(t *testing.T) {
 	t.Run("marked by an earlier run", func(t *testing.T) {
 		r := &fakeRules{}
 		d, _ := testDaemon(t, webPlan(false), r)
-		if _, err := state.WriteRuntimeFile(rulesMarker(d.o.Dirs, "web"), []byte("installed\n"), 0o644); err != nil {
+		if _, err := atomicfile.WriteVolatile(rulesMarker(d.o.Dirs, "web"), []byte("installed\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.removeRules(context.Background()); err != nil || r.removed != 1 {
@@ -440,7 +441,7 @@ func TestCleanupWithoutPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid, done := spawn(t, "sleep", "30")
-	if _, err := state.WriteRuntimeFile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid))), 0o644); err != nil {
+	if _, err := atomicfile.WriteVolatile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := Cleanup(context.Background(), d, "web", "", testutil.Logger(t)); err != nil {

@@ -5,7 +5,6 @@
 package state
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
 )
@@ -43,66 +43,15 @@ func (d Dirs) TokenPath(name string) string {
 	return filepath.Join(d.Runtime, "proxies", name+".token")
 }
 
-// WriteFile writes data atomically (temp file in the same dir, fsync, rename)
-// unless the file already holds exactly data. It reports whether it wrote.
-func WriteFile(path string, data []byte, perm fs.FileMode) (bool, error) {
-	return writeFile(path, data, perm, true)
-}
-
-// WriteRuntimeFile is WriteFile without fsync, for the runtime dir: a tmpfs
-// whose content means nothing after a crash or reboot anyway.
-func WriteRuntimeFile(path string, data []byte, perm fs.FileMode) (bool, error) {
-	return writeFile(path, data, perm, false)
-}
-
-func writeFile(path string, data []byte, perm fs.FileMode, sync bool) (bool, error) {
-	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
-		return false, nil
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return false, err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return false, err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return false, err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return false, err
-	}
-	if sync {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return false, err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return false, err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return false, err
-	}
-	if sync {
-		if d, err := os.Open(dir); err == nil {
-			_ = d.Sync()
-			d.Close()
-		}
-	}
-	return true, nil
-}
-
-func writeJSON(path string, v any, sync bool) (bool, error) {
+func writeJSON(path string, v any, durable bool) (bool, error) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return false, err
 	}
-	return writeFile(path, append(b, '\n'), 0o644, sync)
+	if durable {
+		return atomicfile.Write(path, append(b, '\n'), 0o644)
+	}
+	return atomicfile.WriteVolatile(path, append(b, '\n'), 0o644)
 }
 
 func readJSON(path string, v any) error {

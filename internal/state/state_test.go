@@ -1,19 +1,16 @@
 package state
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
 )
@@ -22,143 +19,6 @@ func dirs(t *testing.T) Dirs {
 	t.Helper()
 	root := t.TempDir()
 	return Dirs{Config: filepath.Join(root, "etc"), State: filepath.Join(root, "state"), Runtime: filepath.Join(root, "run")}
-}
-
-// fileID is what a rewrite changes: the inode (a rename puts a new file in
-// place) and the modification time.
-type fileID struct {
-	ino   uint64
-	mtime time.Time
-	mode  fs.FileMode
-}
-
-func stat(t *testing.T, path string) fileID {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fileID{ino: fi.Sys().(*syscall.Stat_t).Ino, mtime: fi.ModTime(), mode: fi.Mode().Perm()}
-}
-
-// entries lists a directory's names, to catch left-over temp files.
-func entries(t *testing.T, dir string) []string {
-	t.Helper()
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range es {
-		out = append(out, e.Name())
-	}
-	return out
-}
-
-func TestWriteFile(t *testing.T) {
-	writers := []struct {
-		name  string
-		write func(string, []byte, fs.FileMode) (bool, error)
-	}{
-		{"WriteFile", WriteFile},
-		{"WriteRuntimeFile", WriteRuntimeFile},
-	}
-	for _, w := range writers {
-		t.Run(w.name, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "a", "b") // parents are created
-			path := filepath.Join(dir, "f.json")
-
-			wrote, err := w.write(path, []byte("one\n"), 0o640)
-			if err != nil || !wrote {
-				t.Fatalf("first write = %v, %v", wrote, err)
-			}
-			first := stat(t, path)
-			if first.mode != 0o640 {
-				t.Errorf("mode %v, want 0640", first.mode)
-			}
-
-			wrote, err = w.write(path, []byte("one\n"), 0o640)
-			if err != nil || wrote {
-				t.Errorf("same bytes again = %v, %v; want false, nil", wrote, err)
-			}
-			if same := stat(t, path); same != first {
-				t.Errorf("rewriting the same bytes touched the file: %+v -> %+v", first, same)
-			}
-
-			wrote, err = w.write(path, []byte("two\n"), 0o640)
-			if err != nil || !wrote {
-				t.Fatalf("new bytes = %v, %v", wrote, err)
-			}
-			if b, _ := os.ReadFile(path); string(b) != "two\n" {
-				t.Errorf("content %q", b)
-			}
-			if stat(t, path).ino == first.ino {
-				t.Errorf("new content written in place, not renamed over the old file")
-			}
-			if got := entries(t, dir); !reflect.DeepEqual(got, []string{"f.json"}) {
-				t.Errorf("dir holds %v, want only f.json (no temp files)", got)
-			}
-		})
-	}
-}
-
-// TestWriteFileAtomic: a reader never sees a partly written file, only the
-// old content or the new.
-func TestWriteFileAtomic(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	a, b := bytes.Repeat([]byte("a"), 256<<10), bytes.Repeat([]byte("b"), 256<<10)
-	if _, err := WriteRuntimeFile(path, a, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	bad := make(chan string, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			got, err := os.ReadFile(path)
-			if err != nil || !bytes.Equal(got, a) && !bytes.Equal(got, b) {
-				select {
-				case bad <- fmt.Sprintf("read %d bytes, neither all a nor all b (err: %v)", len(got), err):
-				default:
-				}
-				return
-			}
-		}
-	}()
-	for i := range 100 {
-		data := a
-		if i%2 == 0 {
-			data = b
-		}
-		if _, err := WriteRuntimeFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	close(stop)
-	wg.Wait()
-	select {
-	case msg := <-bad:
-		t.Errorf("a reader saw a partial file: %s", msg)
-	default:
-	}
-}
-
-func TestWriteFileErrors(t *testing.T) {
-	dir := t.TempDir()
-	blocker := filepath.Join(dir, "file")
-	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if wrote, err := WriteFile(filepath.Join(blocker, "x.json"), []byte("x"), 0o644); err == nil || wrote {
-		t.Errorf("writing below a regular file = %v, %v; want an error", wrote, err)
-	}
 }
 
 // testPlan builds a realistic plan: a parsed service-config rendered by plan.Build.
@@ -216,7 +76,7 @@ func TestLoadPlanErrors(t *testing.T) {
 	if !errors.Is(err, ErrNoPlan) || !strings.Contains(err.Error(), "web") {
 		t.Errorf("missing plan: %v; want ErrNoPlan naming the service", err)
 	}
-	if _, err := WriteFile(filepath.Join(d.State, "services", "bad.json"), []byte("{"), 0o644); err != nil {
+	if _, err := atomicfile.Write(filepath.Join(d.State, "services", "bad.json"), []byte("{"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	_, err = d.LoadPlan("bad")
@@ -296,7 +156,7 @@ func TestExtra(t *testing.T) {
 			t.Errorf("SetExtra(empty) #%d left the file: %v", i+1, err)
 		}
 	}
-	if _, err := WriteFile(filepath.Join(d.State, "connected", "bad.json"), []byte("[{"), 0o644); err != nil {
+	if _, err := atomicfile.Write(filepath.Join(d.State, "connected", "bad.json"), []byte("[{"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Extra("bad"); err == nil || !strings.Contains(err.Error(), "bad.json") {

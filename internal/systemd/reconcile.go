@@ -15,6 +15,8 @@ import (
 	"time"
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/meshx/meshx/internal/atomicfile"
 )
 
 // Instance is one meshx-proxy@ instance meshx-init wants enabled and running.
@@ -343,7 +345,7 @@ func (r *reconciler) syncDropIn(ctx context.Context, p *plan) error {
 		r.reload = true
 		return nil
 	}
-	if err := writeFileAtomic(path, []byte(content), 0o644); err != nil {
+	if _, err := atomicfile.Write(path, []byte(content), 0o644); err != nil {
 		return fmt.Errorf("write drop-in of %s: %w", p.Unit, err)
 	}
 	r.reload = true
@@ -506,35 +508,4 @@ func (r *reconciler) logAction(a Action) {
 		return
 	}
 	r.Log.Info("meshx-proxy unit", "service", a.Service, "unit", a.Unit, "did", a.Did)
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory (fsync, rename), creating the directory.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -14,6 +14,8 @@ import (
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+
+	"github.com/meshx/meshx/internal/atomicfile"
 )
 
 // fakeBus is a tiny systemd: units have an ActiveState, start/stop/restart jobs
@@ -236,7 +238,7 @@ func TestReconcileRetiresWhatIsGone(t *testing.T) {
 	if err := os.Symlink("/lib/systemd/system/meshx-proxy@.service", gone); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(e.dropIn("gone-svc"), []byte(transparentProxyDropIn), 0o644); err != nil {
+	if _, err := atomicfile.Write(e.dropIn("gone-svc"), []byte(transparentProxyDropIn), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	actions, err := e.reconcile(t, Instance{Service: "web"})
@@ -257,7 +259,7 @@ func TestReconcileRetiresWhatIsGone(t *testing.T) {
 func TestReconcileKeepsForeignDropIns(t *testing.T) {
 	e := newEnv(t)
 	e.bus.state[UnitName("old")] = "active"
-	if err := writeFileAtomic(e.dropIn("old"), []byte(transparentProxyDropIn), 0o644); err != nil {
+	if _, err := atomicfile.Write(e.dropIn("old"), []byte(transparentProxyDropIn), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	mine := filepath.Join(filepath.Dir(e.dropIn("old")), "10-admin.conf")

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/meshx/meshx/internal/plan"
-	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/supervisor"
 )
 
@@ -104,21 +104,21 @@ func signalReload(env Env, name string) {
 }
 
 // stopProxy asks a running meshx-proxy to stop (it deregisters on the way
-// out) and waits up to 30s for it to go. It reports whether one was running.
-func stopProxy(env Env, name string) bool {
+// out) and waits until it has (or has removed its status), SIGKILL after
+// 30s or when ctx ends. It reports whether one was running.
+func stopProxy(ctx context.Context, env Env, name string) bool {
 	st, ok := env.Dirs.LoadStatus(name)
-	if !ok || !st.Live() || syscall.Kill(st.PID, syscall.SIGTERM) != nil {
+	if !ok {
 		return false
 	}
-	for i := 0; i < 300; i++ {
-		if !state.ProcAlive(st.PID) {
-			return true
-		}
-		if _, ok := env.Dirs.LoadStatus(name); !ok {
-			return true
-		}
-		time.Sleep(100 * time.Millisecond)
+	statusGone := func() bool { _, ok := env.Dirs.LoadStatus(name); return !ok }
+	killed, err := process.Stop(ctx, process.ID{PID: st.PID, Start: st.StartTime},
+		process.StopOptions{Grace: 30 * time.Second, Done: statusGone})
+	if errors.Is(err, process.ErrNotRunning) {
+		return false
 	}
-	env.Log.Warn("meshx-proxy did not stop within 30s", "service", name, "pid", st.PID)
+	if err != nil || killed {
+		env.Log.Warn("meshx-proxy did not stop within 30s; killed it", "service", name, "pid", st.PID, "err", err)
+	}
 	return true
 }

@@ -119,7 +119,7 @@ func Stop(ctx context.Context, env Env, name string) error {
 			return err
 		}
 	} else {
-		stopProxy(env, name)
+		stopProxy(ctx, env, name)
 	}
 	g, err := config.LoadGlobal(config.ConfigPath(env.Dirs.Config))
 	if err != nil {

@@ -262,7 +262,7 @@ func forget(ctx context.Context, env Env, l *Loaded, r *register.Registrar, pl *
 	env.Log.Info("service-config gone; removing the service", "service_id", pl.ID, "file", pl.File)
 	// Under systemd its unit is stopped and disabled by reconcileUnits; a
 	// foreground or hand-started meshx-proxy is asked to stop here.
-	stopProxy(env, pl.Name)
+	stopProxy(ctx, env, pl.Name)
 	if err := r.Deregister(ctx, pl.ID, pl.SidecarID); err != nil {
 		return err
 	}

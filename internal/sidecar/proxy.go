@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/user"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/ports"
+	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/supervisor"
@@ -114,8 +114,7 @@ func (e *execProxy) Accepting(ctx context.Context) error {
 
 func (e *execProxy) onState(s supervisor.Status) {
 	if s.State == supervisor.StateRunning && s.PID > 0 {
-		rec := fmt.Sprintf("%d %s\n", s.PID, state.ProcStart(s.PID))
-		_, _ = atomicfile.WriteVolatile(e.pidFile, []byte(rec), 0o644)
+		_, _ = atomicfile.WriteVolatile(e.pidFile, []byte(process.Of(s.PID).String()+"\n"), 0o644)
 	}
 	if e.p.OnState != nil {
 		e.p.OnState(ProxyState{State: string(s.State), PID: s.PID, Restarts: s.Restarts})
@@ -171,33 +170,28 @@ func proxyUID(pl *plan.Plan) int {
 }
 
 // KillStaleProxy ends a proxy a killed meshx-proxy left behind (crash-only
-// start and ExecStopPost): the pid recorded at its start, if it still runs the
-// same program, gets SIGTERM then SIGKILL on its process group.
-func KillStaleProxy(dirs state.Dirs, service string, log *slog.Logger) {
+// start and ExecStopPost): the process recorded at its start, if it still
+// runs (the recorded start time guards against a reused pid), gets SIGTERM
+// then SIGKILL on its process group.
+func KillStaleProxy(ctx context.Context, dirs state.Dirs, service string, log *slog.Logger) {
 	path := dirs.ProxyPIDPath(service)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return
 	}
 	defer os.Remove(path)
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
+	id, err := process.Parse(string(b))
+	if err != nil || !id.Running() {
 		return
 	}
-	pid, err := strconv.Atoi(f[0])
-	// The recorded start time guards against a reused pid.
-	if err != nil || pid <= 1 || state.ProcStart(pid) != f[1] {
-		return
-	}
-	log.Warn("stopping a proxy left by a previous meshx-proxy", "proxy_pid", pid)
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
-	for i := 0; i < 50 && state.ProcAlive(pid); i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if state.ProcAlive(pid) {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	log.Warn("stopping a proxy left by a previous meshx-proxy", "proxy_pid", id.PID)
+	if _, err := process.Stop(ctx, id, process.StopOptions{Group: true, Grace: staleGrace}); err != nil && !errors.Is(err, process.ErrNotRunning) {
+		log.Warn("stop a proxy left by a previous meshx-proxy", "proxy_pid", id.PID, "err", err)
 	}
 }
+
+// staleGrace is how long a left-behind proxy gets between SIGTERM and SIGKILL.
+const staleGrace = 5 * time.Second
 
 // portsFree is the proxy's precondition: no other process holds a port it
 // is to listen on. Such a proxy could not bind it, and the probe, dialling the

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/supervisor"
 	"github.com/meshx/meshx/internal/testutil"
@@ -84,7 +85,7 @@ func TestExecProxy(t *testing.T) {
 		}
 		p.Stop()
 		p.Stop() // again: nothing
-		if state.ProcAlive(pid) {
+		if process.Alive(pid) {
 			t.Errorf("proxy %d still alive after Stop", pid)
 		}
 		select {

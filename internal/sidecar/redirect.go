@@ -163,7 +163,7 @@ func fileExists(p string) bool {
 // plan asks for them or a run marked them installed) and its published
 // status. Idempotent.
 func Cleanup(ctx context.Context, dirs state.Dirs, service, netns string, log *slog.Logger) error {
-	KillStaleProxy(dirs, service, log)
+	KillStaleProxy(ctx, dirs, service, log)
 	dirs.RemoveStatus(service)
 	pl, err := dirs.LoadPlan(service)
 	planned := err == nil && pl.Transparent != nil

@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/supervisor"
@@ -172,7 +173,7 @@ func newDaemon(o Options) (*daemon, error) {
 		return nil, fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
 	}
 	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
-	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), StartTime: state.ProcStart(os.Getpid()),
+	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), StartTime: process.Self().Start,
 		Health: api.HealthCritical, Since: time.Now()}
 	if d.agent, err = o.Connect(o.Global.Consul); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
@@ -214,7 +215,7 @@ func (d *daemon) run(ctx context.Context) error {
 // again: nothing is redirected into a dead port.
 func (d *daemon) clearStale(ctx context.Context) {
 	d.publish() // a crashed run's status (ready, pids) is stale from here on
-	KillStaleProxy(d.o.Dirs, d.pl.Name, d.log)
+	KillStaleProxy(ctx, d.o.Dirs, d.pl.Name, d.log)
 	if err := d.removeRules(ctx); err != nil {
 		d.log.Warn("remove stale transparent-proxy rules", "err", err)
 	}

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/state"
 	"github.com/meshx/meshx/internal/testutil"
 	"github.com/meshx/meshx/internal/ttl"
@@ -91,73 +90,6 @@ func TestCredential(t *testing.T) {
 	}
 }
 
-// spawn starts argv in its own process group (as the supervisor starts a
-// proxy) and reaps it in the background; done closes when it has exited.
-func spawn(t *testing.T, argv ...string) (pid int, done <-chan struct{}) {
-	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ch := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(ch) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-ch
-	})
-	return cmd.Process.Pid, ch
-}
-
-func TestStartTimeAndAlive(t *testing.T) {
-	self := os.Getpid()
-	st := state.ProcStart(self)
-	if n, err := strconv.ParseUint(st, 10, 64); err != nil || n == 0 {
-		t.Errorf("state.ProcStart(self) = %q, want clock ticks since boot", st)
-	}
-	if !state.ProcAlive(self) {
-		t.Error("ProcAlive(self) = false")
-	}
-
-	// A command name with ") (" in it must not shift the fields.
-	link := filepath.Join(t.TempDir(), "a) X (b")
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(sleep, link); err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := spawn(t, link, "30")
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); !strings.HasPrefix(string(b), "a) X (b") {
-			return fmt.Errorf("comm is %q", b)
-		}
-		return nil
-	})
-	// Fields 3 and 4 are the state and the parent's pid (this test).
-	if f := state.ProcStat(pid); len(f) < 20 || f[0] != "S" && f[0] != "R" || f[1] != strconv.Itoa(os.Getpid()) || state.ProcStart(pid) == "" || !state.ProcAlive(pid) {
-		t.Errorf("fields of a process named %q: %q", filepath.Base(link), f)
-	}
-
-	// A process that has exited is not alive, reaped or not.
-	cmd := exec.Command("true")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	zombie := cmd.Process.Pid
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if state.ProcAlive(zombie) {
-			return errors.New("still alive")
-		}
-		return nil
-	})
-	_ = cmd.Wait()
-	if st, a := state.ProcStart(zombie), state.ProcAlive(zombie); st != "" || a {
-		t.Errorf("reaped pid %d: startTime %q, alive %v; want \"\", false", zombie, st, a)
-	}
-}
-
 // TestKillStaleProxy: a recorded proxy is killed only when its pid still
 // runs the process that started at the recorded time.
 func TestKillStaleProxy(t *testing.T) {
@@ -173,26 +105,26 @@ func TestKillStaleProxy(t *testing.T) {
 
 	t.Run("a reused pid is left alone", func(t *testing.T) {
 		d := testDirs(t)
-		pid, done := spawn(t, "sleep", "30")
-		st := state.ProcStart(pid)
+		pid, done := testutil.Spawn(t, "sleep", "30")
+		st := process.StartTime(pid)
 		n, _ := strconv.Atoi(st)
 		p := write(t, d, fmt.Sprintf("%d %d\n", pid, n+1))
-		KillStaleProxy(d, "web", testutil.Logger(t))
+		KillStaleProxy(context.Background(), d, "web", testutil.Logger(t))
 		select {
 		case <-done:
 			t.Fatal("a process with another start time was killed")
 		default:
 		}
-		if !state.ProcAlive(pid) || !gone(p) {
-			t.Errorf("alive %v, pid file removed %v; want true, true", state.ProcAlive(pid), gone(p))
+		if !process.Alive(pid) || !gone(p) {
+			t.Errorf("alive %v, pid file removed %v; want true, true", process.Alive(pid), gone(p))
 		}
 	})
 
 	t.Run("the recorded proxy is killed", func(t *testing.T) {
 		d := testDirs(t)
-		pid, done := spawn(t, "sleep", "30")
-		p := write(t, d, fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid)))
-		KillStaleProxy(d, "web", testutil.Logger(t))
+		pid, done := testutil.Spawn(t, "sleep", "30")
+		p := write(t, d, fmt.Sprintf("%d %s\n", pid, process.StartTime(pid)))
+		KillStaleProxy(context.Background(), d, "web", testutil.Logger(t))
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -205,16 +137,16 @@ func TestKillStaleProxy(t *testing.T) {
 
 	t.Run("one that ignores SIGTERM gets SIGKILL", func(t *testing.T) {
 		d := testDirs(t)
-		pid, done := spawn(t, "sh", "-c", `trap "" TERM; exec sleep 30`)
+		pid, done := testutil.Spawn(t, "sh", "-c", `trap "" TERM; exec sleep 30`)
 		testutil.Eventually(t, 5*time.Second, func() error { // the trap is set once sh has become sleep
 			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); string(b) != "sleep\n" {
 				return fmt.Errorf("comm is %q", b)
 			}
 			return nil
 		})
-		write(t, d, fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid)))
+		write(t, d, fmt.Sprintf("%d %s\n", pid, process.StartTime(pid)))
 		start := time.Now()
-		KillStaleProxy(d, "web", testutil.Logger(t))
+		KillStaleProxy(context.Background(), d, "web", testutil.Logger(t))
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -223,19 +155,19 @@ func TestKillStaleProxy(t *testing.T) {
 		t.Logf("killed after %s", time.Since(start).Round(time.Millisecond))
 	})
 
-	for _, rec := range []string{"", "garbage", "12 34 56\n", "1 " + state.ProcStart(1) + "\n", "0 0\n", "-5 0\n", "x 1\n"} {
+	for _, rec := range []string{"", "garbage", "12 34 56\n", "1 " + process.StartTime(1) + "\n", "0 0\n", "-5 0\n", "x 1\n"} {
 		t.Run(fmt.Sprintf("bad record %q", rec), func(t *testing.T) {
 			d := testDirs(t)
 			p := write(t, d, rec)
-			KillStaleProxy(d, "web", testutil.Logger(t))
-			if !gone(p) || !state.ProcAlive(1) {
-				t.Errorf("pid file removed %v, init alive %v", gone(p), state.ProcAlive(1))
+			KillStaleProxy(context.Background(), d, "web", testutil.Logger(t))
+			if !gone(p) || !process.Alive(1) {
+				t.Errorf("pid file removed %v, init alive %v", gone(p), process.Alive(1))
 			}
 		})
 	}
 
 	t.Run("no record", func(t *testing.T) {
-		KillStaleProxy(testDirs(t), "web", testutil.Logger(t))
+		KillStaleProxy(context.Background(), testDirs(t), "web", testutil.Logger(t))
 	})
 }
 
@@ -440,8 +372,8 @@ func TestCleanupWithoutPlan(t *testing.T) {
 	if err := d.SaveStatus(state.Status{Service: "web", PID: 1}); err != nil {
 		t.Fatal(err)
 	}
-	pid, done := spawn(t, "sleep", "30")
-	if _, err := atomicfile.WriteVolatile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, state.ProcStart(pid))), 0o644); err != nil {
+	pid, done := testutil.Spawn(t, "sleep", "30")
+	if _, err := atomicfile.WriteVolatile(d.ProxyPIDPath("web"), []byte(fmt.Sprintf("%d %s\n", pid, process.StartTime(pid))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := Cleanup(context.Background(), d, "web", "", testutil.Logger(t)); err != nil {

@@ -12,13 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/meshx/meshx/internal/atomicfile"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/process"
 )
 
 // Dirs are meshx's directories.
@@ -173,33 +173,7 @@ func (d Dirs) RemoveStatus(name string) {
 	_ = os.Remove(d.statusPath(name))
 }
 
-// ProcStart is a process's start time in clock ticks since boot, "" if it is
-// gone: with the pid it names one process, even after the pid is reused.
-func ProcStart(pid int) string {
-	f := ProcStat(pid)
-	if len(f) < 20 {
-		return ""
-	}
-	return f[19] // field 22 of /proc/PID/stat; f starts at field 3
-}
-
-// ProcStat returns /proc/PID/stat's fields after the command name (which may
-// hold spaces and parentheses), or nil.
-func ProcStat(pid int) []string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return nil
-	}
-	return strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-}
-
-// ProcAlive reports whether pid exists and has not exited (a zombie has).
-func ProcAlive(pid int) bool {
-	f := ProcStat(pid)
-	return len(f) > 0 && f[0] != "Z"
-}
-
 // Live reports whether s's meshx-proxy is still the process that published it.
 func (s Status) Live() bool {
-	return s.PID > 0 && s.StartTime != "" && ProcStart(s.PID) == s.StartTime
+	return process.ID{PID: s.PID, Start: s.StartTime}.Running()
 }

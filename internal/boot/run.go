@@ -66,6 +66,7 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		return err
 	}
 	defer logout()
+	warnConnBudget(env.Log, cl, register.APIConfig(l.Global.Consul).Address, l.Plans)
 	r := &register.Registrar{Agent: cl, Hostname: l.Hostname}
 	var fl *fleet
 	onUp := func(*plan.Plan) {}

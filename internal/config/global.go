@@ -51,6 +51,11 @@ type Consul struct {
 	// Token is a token meshx got at run time (an ACL login kept in memory);
 	// never read from meshx.yaml. It wins over TokenFile.
 	Token Secret
+	// Source is the local address connections to the agent come from, set
+	// at run time (a service's own loopback address, see
+	// register.SourceAddress); never read from meshx.yaml. Invalid: the
+	// system picks.
+	Source netip.Addr
 }
 
 // Secret is a value that must never be printed: fmt shows it redacted.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -39,10 +40,20 @@ type Source interface {
 
 // AgentSource is a Source backed by the local Consul agent's HTTP API.
 type AgentSource struct {
-	Client *api.Client
+	client atomic.Pointer[api.Client]
 	// Wait bounds each blocking query; 0 means the agent's default (5 min).
 	Wait time.Duration
 }
+
+// NewAgentSource makes a Source of the agent cl talks to.
+func NewAgentSource(cl *api.Client) *AgentSource {
+	a := &AgentSource{}
+	a.client.Store(cl)
+	return a
+}
+
+// SetClient replaces the client (a new ACL token): queries from now on use it.
+func (a *AgentSource) SetClient(cl *api.Client) { a.client.Store(cl) }
 
 var _ Source = (*AgentSource)(nil)
 
@@ -51,7 +62,7 @@ func (a *AgentSource) q(ctx context.Context, index uint64) *api.QueryOptions {
 }
 
 func (a *AgentSource) Leaf(ctx context.Context, service string, index uint64) (*api.LeafCert, uint64, error) {
-	leaf, meta, err := a.Client.Agent().ConnectCALeaf(service, a.q(ctx, index))
+	leaf, meta, err := a.client.Load().Agent().ConnectCALeaf(service, a.q(ctx, index))
 	if err != nil {
 		return nil, 0, fmt.Errorf("leaf certificate of %s: %w", service, err)
 	}
@@ -59,7 +70,7 @@ func (a *AgentSource) Leaf(ctx context.Context, service string, index uint64) (*
 }
 
 func (a *AgentSource) Roots(ctx context.Context, index uint64) (*api.CARootList, uint64, error) {
-	roots, meta, err := a.Client.Agent().ConnectCARoots(a.q(ctx, index))
+	roots, meta, err := a.client.Load().Agent().ConnectCARoots(a.q(ctx, index))
 	if err != nil {
 		return nil, 0, fmt.Errorf("CA roots: %w", err)
 	}
@@ -67,7 +78,7 @@ func (a *AgentSource) Roots(ctx context.Context, index uint64) (*api.CARootList,
 }
 
 func (a *AgentSource) Intentions(ctx context.Context, service string, index uint64) ([]*api.Intention, uint64, error) {
-	m, meta, err := a.Client.Connect().IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination,
+	m, meta, err := a.client.Load().Connect().IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination,
 		Names: []string{service}}, a.q(ctx, index))
 	if err != nil {
 		return nil, 0, fmt.Errorf("intentions for %s: %w", service, err)
@@ -85,7 +96,7 @@ func (a *AgentSource) Authorize(ctx context.Context, target, clientURI string) (
 	}
 	ch := make(chan result, 1)
 	go func() {
-		r, err := a.Client.Agent().ConnectAuthorize(&api.AgentAuthorizeParams{Target: target, ClientCertURI: clientURI})
+		r, err := a.client.Load().Agent().ConnectAuthorize(&api.AgentAuthorizeParams{Target: target, ClientCertURI: clientURI})
 		ch <- result{r, err}
 	}()
 	select {
@@ -102,7 +113,7 @@ func (a *AgentSource) Authorize(ctx context.Context, target, clientURI string) (
 func (a *AgentSource) Instances(ctx context.Context, service, dc string, index uint64) ([]*api.ServiceEntry, uint64, error) {
 	q := a.q(ctx, index)
 	q.Datacenter = dc
-	es, meta, err := a.Client.Health().Connect(service, "", true, q)
+	es, meta, err := a.client.Load().Health().Connect(service, "", true, q)
 	if err != nil {
 		return nil, 0, fmt.Errorf("instances of %s: %w", service, err)
 	}
@@ -111,7 +122,7 @@ func (a *AgentSource) Instances(ctx context.Context, service, dc string, index u
 
 func (a *AgentSource) Query(ctx context.Context, name, dc string) ([]*api.ServiceEntry, error) {
 	q := (&api.QueryOptions{Datacenter: dc, Connect: true}).WithContext(ctx)
-	res, _, err := a.Client.PreparedQuery().Execute(name, q)
+	res, _, err := a.client.Load().PreparedQuery().Execute(name, q)
 	if err != nil {
 		return nil, fmt.Errorf("prepared query %s: %w", name, err)
 	}
@@ -123,7 +134,7 @@ func (a *AgentSource) Query(ctx context.Context, name, dc string) ([]*api.Servic
 }
 
 func (a *AgentSource) MeshDestinationsOnly(ctx context.Context, index uint64) (bool, uint64, error) {
-	e, meta, err := a.Client.ConfigEntries().Get(api.MeshConfig, api.MeshConfigMesh, a.q(ctx, index))
+	e, meta, err := a.client.Load().ConfigEntries().Get(api.MeshConfig, api.MeshConfigMesh, a.q(ctx, index))
 	var se api.StatusError
 	if errors.As(err, &se) && se.Code == 404 {
 		return false, max(index, 1), nil
@@ -139,7 +150,7 @@ func (a *AgentSource) MeshDestinationsOnly(ctx context.Context, index uint64) (b
 }
 
 func (a *AgentSource) Services(ctx context.Context) ([]string, error) {
-	m, _, err := a.Client.Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
+	m, _, err := a.client.Load().Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("catalog services: %w", err)
 	}

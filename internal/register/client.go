@@ -9,13 +9,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-cleanhttp"
 
 	"github.com/meshx/meshx/internal/config"
 )
@@ -60,13 +64,58 @@ func APIConfig(c config.Consul) *api.Config {
 	return cfg
 }
 
-// NewClient returns an API client for the local agent.
+// NewClient returns an API client for the local agent; its connections
+// come from c.Source when that is set.
 func NewClient(c config.Consul) (*api.Client, error) {
-	cl, err := api.NewClient(APIConfig(c))
+	cfg := APIConfig(c)
+	if c.Source.IsValid() {
+		t := cleanhttp.DefaultPooledTransport()
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
+			LocalAddr: &net.TCPAddr{IP: c.Source.AsSlice()}}
+		t.DialContext = d.DialContext
+		cfg.Transport = t
+	}
+	cl, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", Address(c), err)
 	}
 	return cl, nil
+}
+
+// SourceAddress is the loopback address a service's connections to an
+// agent at address come from: 127.a.b.c from a hash of id, never in
+// 127.0.0.0/24; invalid (the system picks) when the agent is not on
+// loopback IPv4 (a unix socket, another host, IPv6). The agent counts its
+// limit of HTTP connections per client address
+// (limits.http_max_conns_per_client, 200 by default) for each service
+// alone, as it would for services on hosts of their own, instead of one
+// budget for the whole host.
+func SourceAddress(address, id string) netip.Addr {
+	if _, rest, ok := strings.Cut(address, "://"); ok {
+		if strings.HasPrefix(address, "unix://") {
+			return netip.Addr{}
+		}
+		address = rest
+	}
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		host = address
+	}
+	ip, err := netip.ParseAddr(host)
+	if host != "localhost" && (err != nil || !ip.Is4() || !ip.IsLoopback()) {
+		return netip.Addr{}
+	}
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	v := h.Sum32()
+	b := [4]byte{127, byte(v >> 16), byte(v >> 8), byte(v)}
+	if b[1] == 0 && b[2] == 0 {
+		b[2] = 1 // keep clear of 127.0.0.0/24, where agents and apps listen
+	}
+	if b[3] == 0 || b[3] == 255 {
+		b[3] = 1
+	}
+	return netip.AddrFrom4(b)
 }
 
 // Address is the agent address meshx uses, for messages.

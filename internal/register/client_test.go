@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -283,5 +284,40 @@ func TestNewClientPlainHTTPDespiteSSLEnv(t *testing.T) {
 	}
 	if leader, err := cl.Status().Leader(); err != nil || leader != "127.0.0.1:8300" {
 		t.Errorf("Leader = %q, %v", leader, err)
+	}
+}
+
+func TestSourceAddress(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		want bool
+	}{
+		{"127.0.0.1:8500", true}, {"http://127.0.0.1:8500", true}, {"https://localhost:8501", true},
+		{"127.0.0.1", true}, {"unix:///run/consul/http.sock", false}, {"http://10.0.0.1:8500", false},
+		{"[::1]:8500", false}, {"consul.internal:8500", false},
+	} {
+		got := SourceAddress(tc.addr, "web-vm1")
+		if got.IsValid() != tc.want {
+			t.Errorf("SourceAddress(%q) = %v, want valid=%v", tc.addr, got, tc.want)
+			continue
+		}
+		if !got.IsValid() {
+			continue
+		}
+		b := got.As4()
+		if !got.IsLoopback() || (b[1] == 0 && b[2] == 0) || b[3] == 0 || b[3] == 255 {
+			t.Errorf("SourceAddress(%q) = %v: want a loopback address outside 127.0.0.0/24, not .0 or .255", tc.addr, got)
+		}
+	}
+	a, b := SourceAddress("127.0.0.1:8500", "web-vm1"), SourceAddress("127.0.0.1:8500", "web-vm1")
+	if a != b {
+		t.Errorf("not stable: %v then %v", a, b)
+	}
+	seen := map[netip.Addr]bool{}
+	for i := range 200 {
+		seen[SourceAddress("127.0.0.1:8500", fmt.Sprintf("svc%03d-vm1", i))] = true
+	}
+	if len(seen) < 195 {
+		t.Errorf("200 ids share %d source addresses", len(seen))
 	}
 }

@@ -106,7 +106,7 @@ func (n *nativeProxy) options(ctx context.Context) (dataplane.Options, error) {
 	if err != nil {
 		return dataplane.Options{}, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	o := dataplane.Options{Source: &dataplane.AgentSource{Client: cl}, Service: pl.Name,
+	o := dataplane.Options{Source: dataplane.NewAgentSource(cl), Service: pl.Name,
 		Public: net.JoinHostPort("", strconv.Itoa(port)), App: appAddress(pl),
 		Upstreams: planUpstreams(pl), Logger: n.p.Logger.With("component", "dataplane")}
 	if t := pl.Transparent; t != nil {

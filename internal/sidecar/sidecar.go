@@ -172,6 +172,11 @@ func newDaemon(o Options) (*daemon, error) {
 	if pl.Transparent != nil && o.NewRedirector == nil {
 		return nil, fmt.Errorf("%w: transparent proxy enabled but no rule backend", ErrConfig)
 	}
+	// This service's connections to a loopback agent come from a loopback
+	// address of its own: see register.SourceAddress.
+	g := *o.Global
+	g.Consul.Source = register.SourceAddress(register.APIConfig(g.Consul).Address, pl.ID)
+	o.Global = &g
 	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
 	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), StartTime: process.Self().Start,
 		Health: api.HealthCritical, Since: time.Now()}

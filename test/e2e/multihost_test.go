@@ -156,6 +156,87 @@ func TestMultiHost(t *testing.T) {
 			t.Errorf("web in the catalog after the reboot: %+v %v, want exactly %s on %s", inst, err, meshWebID, top.web.Hostname)
 		}
 	})
+
+	step(t, "native data plane with transparent proxy on both clients", func(t *testing.T) {
+		top.goNative(t)
+		top.waitByNameOK(t, "after switching both clients to proxy.mode native")
+	})
+
+	step(t, "native: intentions deny and allow take effect at once, in both directions, three times", func(t *testing.T) {
+		for range 3 {
+			top.intention(t, "deny")
+			testutil.Eventually(t, allowTimeout, func() error {
+				if body, code, _ := top.requestByName(); code == 0 {
+					return fmt.Errorf("denied, yet answered %q", body)
+				}
+				return nil
+			})
+			top.intention(t, "allow")
+			testutil.Eventually(t, allowTimeout, func() error {
+				if body, code, err := top.requestByName(); code != 0 || !strings.Contains(body, meshWebBody) {
+					return fmt.Errorf("allowed, yet: exit %d %v %q", code, err, body)
+				}
+				return nil
+			})
+		}
+	})
+
+	step(t, "native: rebooting the web host brings web back by name unaided", func(t *testing.T) {
+		top.web.PowerOff()
+		top.lan.replug(top.web.Name, lanIfname, top.web.Addr+lanBits)
+		rebooted := time.Now()
+		top.web.Boot()
+		top.waitByNameOK(t, "after the web host's reboot in native mode")
+		t.Logf("bench: multihost native web-reboot-to-first-request %.2fs", time.Since(rebooted).Seconds())
+	})
+}
+
+// goNative switches web and client to the native data plane with
+// transparent proxy, as an operator would: new service-configs, then
+// systemctl reload meshx-init. The client host resolves through Consul DNS
+// (the DNS redirect of its transparent-proxy rules).
+func (top *topology) goNative(t *testing.T) {
+	t.Helper()
+	top.web.WriteFile("/etc/meshx/services.d/web.yaml", `version: 1
+service: {name: web, port: 8080}
+check: {ttl: 10s, probe: tcp}
+proxy: {mode: native}
+transparent_proxy: {enabled: true}
+`)
+	top.client.WriteFile("/etc/meshx/services.d/client.yaml", `version: 1
+service: {name: client}
+check: {probe: none}
+upstreams: [{name: web, port: 9191}]
+proxy: {mode: native}
+transparent_proxy: {enabled: true, dns: {enabled: true}}
+`)
+	top.client.MustExec("sh", "-c", "umount /etc/resolv.conf 2>/dev/null; echo 'nameserver 127.0.0.1' >/etc/resolv.conf")
+	for _, h := range []*meshHost{top.web, top.client} {
+		h.MustExec("systemctl", "reload", "meshx-init.service")
+	}
+}
+
+// requestByName is the seed's request: the client host's app asks
+// http://web.virtual.consul/ (Consul DNS, web's virtual IP, redirected into
+// the client's native plane), from inside the client host.
+func (top *topology) requestByName() (string, int, error) {
+	out, err := top.client.Exec("curl", "-sS", "--max-time", strconv.Itoa(int(requestTimeout.Seconds())), "http://web.virtual.consul/")
+	code := 0
+	if err != nil {
+		code = 1
+	}
+	return out, code, err
+}
+
+func (top *topology) waitByNameOK(t *testing.T, when string) {
+	t.Helper()
+	testutil.Eventually(t, multiStepTimeout, func() error {
+		body, code, err := top.requestByName()
+		if code != 0 || !strings.Contains(body, meshWebBody) {
+			return fmt.Errorf("%s: GET http://web.virtual.consul/: exit %d %v %q", when, code, err, body)
+		}
+		return nil
+	})
 }
 
 // request asks the client's local upstream port from the client host's

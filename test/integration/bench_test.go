@@ -34,23 +34,28 @@ func BenchmarkStartup(b *testing.B) {
 	for _, n := range []int{1, 20, 100} {
 		c := testutil.StartConsul(b, benchHCL)
 		b.Run(fmt.Sprintf("N=%d/baseline", n), func(b *testing.B) { benchBaseline(b, c, n) })
-		b.Run(fmt.Sprintf("N=%d/meshx", n), func(b *testing.B) { benchMeshx(b, c, n) })
+		b.Run(fmt.Sprintf("N=%d/meshx", n), func(b *testing.B) { benchMeshx(b, c, n, "connect") })
+		b.Run(fmt.Sprintf("N=%d/native", n), func(b *testing.B) { benchMeshx(b, c, n, "native") })
 	}
 }
 
-func benchServices(h *host, n int) {
+func benchServices(h *host, n int, mode string) {
 	for i := 0; i < n; i++ {
-		h.service(fmt.Sprintf("svc%03d.yaml", i), fmt.Sprintf("version: 1\nservice: {name: svc%03d}\ncheck: {probe: none}\n", i))
+		h.service(fmt.Sprintf("svc%03d.yaml", i),
+			fmt.Sprintf("version: 1\nservice: {name: svc%03d}\ncheck: {probe: none}\nproxy: {mode: %s}\n", i, mode))
 	}
 }
 
-func benchMeshx(b *testing.B, c *testutil.Consul, n int) {
+// benchMeshx times meshx with every service in one proxy mode; it reports
+// the resident memory of one meshx-proxy and of its proxy child (none in
+// native mode, where meshx-proxy is the proxy).
+func benchMeshx(b *testing.B, c *testutil.Consul, n int, mode string) {
 	var rss []float64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		h := newHost(b, c, "ports: {range: \"20000-20999\"}\n")
 		h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: %q, binary: %q}\nhostname: testhost\n", "http://"+c.HTTPAddr, testutil.ConsulBinary(b)))
-		benchServices(h, n)
+		benchServices(h, n, mode)
 		b.StartTimer()
 		f := h.foreground()
 		ids := make([]string, n)
@@ -61,7 +66,11 @@ func benchMeshx(b *testing.B, c *testutil.Consul, n int) {
 		b.StopTimer()
 		if st, ok := h.dirs.LoadStatus("svc000"); ok {
 			rss = append(rss, rssMB(st.PID))
-			b.ReportMetric(rssMB(st.ProxyPID), "proxy-child-MB")
+			child := 0.0
+			if st.ProxyPID != st.PID {
+				child = rssMB(st.ProxyPID)
+			}
+			b.ReportMetric(child, "proxy-child-MB")
 		}
 		f.stop(b)
 		waitGone(b, h)
@@ -75,7 +84,7 @@ func benchBaseline(b *testing.B, c *testutil.Consul, n int) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		h := newHost(b, c, "")
-		benchServices(h, n)
+		benchServices(h, n, "connect")
 		// Render the very registrations meshx would send, outside the timer.
 		g, err := config.LoadGlobal(config.ConfigPath(h.dirs.Config))
 		if err != nil {
@@ -211,4 +220,80 @@ func rssMB(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkServicesPerHost starts N native services against an agent with
+// Consul's default limits (200 HTTP connections per client address) and
+// reports how many reached ready within two minutes, and how many
+// connections to the agent one meshx-proxy holds.
+func BenchmarkServicesPerHost(b *testing.B) {
+	const n = 150
+	for range b.N {
+		c := testutil.StartConsul(b, "")
+		h := newHost(b, c, "ports: {range: \"20000-20999\"}\n")
+		h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: %q, binary: %q}\nhostname: testhost\n", "http://"+c.HTTPAddr, testutil.ConsulBinary(b)))
+		benchServices(h, n, "native")
+		f := h.foreground()
+		ids := make([]string, n)
+		for j := range ids {
+			ids[j] = fmt.Sprintf("svc%03d-testhost", j)
+		}
+		ready := countReady(h, ids, 2*time.Minute)
+		b.ReportMetric(float64(ready), "ready-of-150")
+		if st, ok := h.dirs.LoadStatus("svc000"); ok {
+			b.ReportMetric(float64(agentConns(st.PID, c.HTTPAddr)), "agent-conns/service")
+		}
+		f.stop(b)
+		c.Stop()
+	}
+}
+
+// countReady waits up to timeout for the ids to be ready (as waitReady
+// says) and returns how many were.
+func countReady(h *host, ids []string, timeout time.Duration) int {
+	agent := h.client().Agent()
+	deadline := time.Now().Add(timeout)
+	ready := map[string]bool{}
+	for time.Now().Before(deadline) && len(ready) < len(ids) {
+		checks, _ := agent.Checks()
+		svcs, _ := agent.Services()
+		for _, id := range ids {
+			chk, side := checks["meshx-ttl:"+id], svcs[id+"-sidecar-proxy"]
+			if chk != nil && chk.Status == api.HealthPassing && side != nil && accepts(side.Port) {
+				ready[id] = true
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return len(ready)
+}
+
+// agentConns counts the TCP connections process pid has open to addr.
+func agentConns(pid int, addr string) int {
+	inodes := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	host, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	want := fmt.Sprintf("%s:%04X", hexIPv4(host), port)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[2] == want && f[3] == "01" && inodes[f[9]] {
+			n++
+		}
+	}
+	return n
+}
+
+// hexIPv4 writes an IPv4 address as /proc/net/tcp does (little-endian hex).
+func hexIPv4(s string) string {
+	ip := net.ParseIP(s).To4()
+	return fmt.Sprintf("%02X%02X%02X%02X", ip[3], ip[2], ip[1], ip[0])
 }

@@ -25,7 +25,7 @@ import (
 // mesh is a real agent with services registered straight through its API,
 // for testing the native data plane on its own.
 type mesh struct {
-	t   *testing.T
+	t   testing.TB
 	c   *testutil.Consul
 	cl  *api.Client
 	obs map[string]*countingObserver    // by plane (service) name
@@ -45,7 +45,7 @@ func (o *countingObserver) DialFailed(string)               { o.dialFailed.Add(1
 func (o *countingObserver) DialRetried(string)              {}
 func (o *countingObserver) LeafExpiry(time.Time)            {}
 
-func newMesh(t *testing.T, extraHCL string) *mesh {
+func newMesh(t testing.TB, extraHCL string) *mesh {
 	c := testutil.StartConsul(t, extraHCL)
 	cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr})
 	if err != nil {
@@ -87,7 +87,7 @@ func (m *mesh) plane(name string, public int, app int, ups ...dataplane.Upstream
 	}
 	obs := &countingObserver{}
 	m.obs[name] = obs
-	p, err := dataplane.New(dataplane.Options{Source: &dataplane.AgentSource{Client: m.cl}, Service: name, Observer: obs,
+	p, err := dataplane.New(dataplane.Options{Source: dataplane.NewAgentSource(m.cl), Service: name, Observer: obs,
 		Public: "127.0.0.1:" + strconv.Itoa(public), App: appAddr, Upstreams: ups,
 		Logger: m.logger(name)})
 	if err != nil {

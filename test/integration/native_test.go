@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -229,4 +230,33 @@ func dial(port int) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestConnectionBudget: meshx-init says, before starting anything, when the
+// built-in proxies would need more connections from the host's address than
+// the agent allows, naming the setting to raise; native services on a
+// loopback agent connect from addresses of their own and need no warning.
+func TestConnectionBudget(t *testing.T) {
+	c := testutil.StartConsul(t, "")
+	for _, tc := range []struct {
+		mode string
+		warn bool
+	}{{"connect", true}, {"native", false}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			h := newHost(t, c, "")
+			h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: %q, binary: %q}\nhostname: testhost\nports: {range: \"22000-22999\"}\n",
+				c.Address(), testutil.ConsulBinary(t)))
+			for i := range 60 {
+				h.service(fmt.Sprintf("s%02d.yaml", i), fmt.Sprintf("version: 1\nservice: {name: s%02d}\ncheck: {probe: none}\nproxy: {mode: %s}\n", i, tc.mode))
+			}
+			r := h.init("run", "--systemd=no")
+			if r.code != 0 {
+				t.Fatalf("run: exit %d", r.code)
+			}
+			if got := strings.Contains(r.stderr, "limits.http_max_conns_per_client"); got != tc.warn {
+				t.Errorf("warning about the agent's connection limit: %v, want %v", got, tc.warn)
+			}
+			h.init("stop")
+		})
+	}
 }

@@ -1,0 +1,141 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/testutil"
+)
+
+// dataPaths starts, on one agent, three ways to one echo app: straight
+// (plain loopback TCP), through a pair of Consul built-in proxies, and
+// through a pair of native planes; it returns the local port of each.
+func dataPaths(b *testing.B) map[string]int {
+	m := newMesh(b, benchHCL)
+	app := echoApp(b)
+	p := map[string]int{"plain": app}
+	ports := map[string]int{}
+	for _, k := range []string{"bweb", "bclient", "bup", "nweb", "nclient", "nup"} {
+		ports[k] = testutil.FreePort(b)
+	}
+	m.register("bweb", "bweb-1", app, ports["bweb"])
+	m.register("bclient", "bclient-1", 0, ports["bclient"],
+		api.Upstream{DestinationName: "bweb", LocalBindAddress: "127.0.0.1", LocalBindPort: ports["bup"]})
+	m.builtin("bweb-1")
+	m.builtin("bclient-1")
+	m.register("nweb", "nweb-1", app, ports["nweb"])
+	m.register("nclient", "nclient-1", 0, ports["nclient"])
+	m.plane("nweb", ports["nweb"], app)
+	m.plane("nclient", ports["nclient"], 0, upstreamTo("nweb", ports["nup"]))
+	p["builtin"], p["native"] = ports["bup"], ports["nup"]
+	for name, port := range p {
+		testutil.Eventually(b, 30*time.Second, func() error {
+			if err := echoThrough(port, 1024, 1, false); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		})
+	}
+	return p
+}
+
+var pathOrder = []string{"plain", "builtin", "native"}
+
+// BenchmarkDataPath measures, in one run and on one agent, the three data
+// paths of dataPaths:
+//   - stream: one connection echoing 1 MiB per op (MB/s counts both ways);
+//   - parallel: 32 connections at once, 256 KiB per op each;
+//   - request: a new connection, 64 bytes there and back, closed; p50 and
+//     p99 latency are reported besides the mean (ns/op).
+func BenchmarkDataPath(b *testing.B) {
+	paths := dataPaths(b)
+	for _, name := range pathOrder {
+		port := paths[name]
+		b.Run("stream/"+name, func(b *testing.B) { benchStream(b, port, 1<<20) })
+	}
+	for _, name := range pathOrder {
+		port := paths[name]
+		b.Run("parallel32/"+name, func(b *testing.B) {
+			b.SetParallelism(16) // 16 x GOMAXPROCS (2) = 32 connections
+			b.SetBytes(2 * 256 << 10)
+			b.RunParallel(func(pb *testing.PB) {
+				c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer c.Close()
+				buf := make([]byte, 256<<10)
+				for pb.Next() {
+					if err := echoChunk(c, buf); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+	for _, name := range pathOrder {
+		port := paths[name]
+		b.Run("request/"+name, func(b *testing.B) { benchRequest(b, port) })
+	}
+}
+
+func benchStream(b *testing.B, port, chunk int) {
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, chunk)
+	b.SetBytes(int64(2 * chunk))
+	b.ResetTimer()
+	for range b.N {
+		if err := echoChunk(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// echoChunk writes buf and reads as many bytes back, concurrently.
+func echoChunk(c net.Conn, buf []byte) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(buf)
+		errc <- err
+	}()
+	back := make([]byte, len(buf))
+	if _, err := io.ReadFull(c, back); err != nil {
+		return err
+	}
+	return <-errc
+}
+
+func benchRequest(b *testing.B, port int) {
+	msg := make([]byte, 64)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := echoChunk(c, msg); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+}

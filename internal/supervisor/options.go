@@ -42,9 +42,9 @@ type Options struct {
 
 	// Env is the child's full environment as "KEY=value" entries. Nil means
 	// this process's environment at the time New is called. Either way
-	// NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC and every LISTEN_* variable
-	// are removed: they belong to this process's systemd unit, never to the
-	// child.
+	// NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC, JOURNAL_STREAM, MAINPID and
+	// every LISTEN_* variable are removed: they belong to this process's
+	// systemd unit, never to the child.
 	Env []string
 
 	// Dir is the child's working directory. Empty means this process's.
@@ -174,13 +174,15 @@ func childEnv(env []string) []string {
 }
 
 // parentOnly reports whether the "KEY=value" entry kv is addressed to this
-// process by its service manager: sd_notify's socket, the watchdog and
-// socket activation. A child that saw them could notify or claim sockets in
-// this process's name.
+// process by its service manager: sd_notify's socket, the watchdog, the
+// journal stream of its own stderr, its main pid and socket activation. A
+// child that saw them could notify, ping the watchdog or claim sockets in
+// this process's name, or take its piped stderr for the journal. This is
+// meshx's one list of them.
 func parentOnly(kv string) bool {
 	name, _, _ := strings.Cut(kv, "=")
 	switch name {
-	case "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC":
+	case "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "JOURNAL_STREAM", "MAINPID":
 		return true
 	}
 	return strings.HasPrefix(name, "LISTEN_")

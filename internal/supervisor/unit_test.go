@@ -83,6 +83,12 @@ func TestChildEnv(t *testing.T) {
 			[]string{"A=1"},
 		},
 		{"look-alikes kept", []string{"MY_NOTIFY_SOCKET=1", "WATCHDOG=1", "LISTEN=1"}, []string{"MY_NOTIFY_SOCKET=1", "WATCHDOG=1", "LISTEN=1"}},
+		{
+			"the unit's journal stream and main pid stripped",
+			[]string{"PATH=/usr/bin", "NOTIFY_SOCKET=/run/x", "WATCHDOG_USEC=1", "WATCHDOG_PID=2", "JOURNAL_STREAM=8:9", "MAINPID=7",
+				"LISTEN_FDS=1", "NOTIFY_SOCKETS=keep", "CONSUL_HTTP_ADDR=127.0.0.1:8500"},
+			[]string{"PATH=/usr/bin", "NOTIFY_SOCKETS=keep", "CONSUL_HTTP_ADDR=127.0.0.1:8500"},
+		},
 		{"value without name", []string{"NOTIFY_SOCKET"}, []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -76,35 +76,6 @@ func RunWatchdog(ctx context.Context, healthy func() error, log *slog.Logger) {
 	}
 }
 
-// managerEnv are the variables systemd sets for the service's own process that a
-// child (the proxy) must not inherit: it would otherwise be able to report
-// readiness, ping the watchdog, or claim the service's journal stream and socket
-// activation fds.
-var managerEnv = []string{
-	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-	"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "MAINPID",
-}
-
-// ChildEnv returns env (as from os.Environ) without the variables that belong to
-// the service's main process alone.
-func ChildEnv(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		drop := false
-		for _, m := range managerEnv {
-			if k == m {
-				drop = true
-				break
-			}
-		}
-		if !drop {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
 
 func firstLine(s string) string {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -155,14 +154,5 @@ func TestRunWatchdogDisabledReturns(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("RunWatchdog without a watchdog did not return")
-	}
-}
-
-func TestChildEnv(t *testing.T) {
-	in := []string{"PATH=/usr/bin", "NOTIFY_SOCKET=/run/x", "WATCHDOG_USEC=1", "WATCHDOG_PID=2",
-		"JOURNAL_STREAM=8:9", "LISTEN_FDS=1", "NOTIFY_SOCKETS=keep", "CONSUL_HTTP_ADDR=127.0.0.1:8500"}
-	want := []string{"PATH=/usr/bin", "NOTIFY_SOCKETS=keep", "CONSUL_HTTP_ADDR=127.0.0.1:8500"}
-	if got := ChildEnv(in); !slices.Equal(got, want) {
-		t.Errorf("ChildEnv = %q, want %q", got, want)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/register"
 )
 
 // Health is what one probe found.
@@ -119,19 +121,21 @@ func Set(ctx context.Context, a Agent, checkID string, hl Health) error {
 	return a.UpdateTTLOpts(checkID, hl.Output, hl.Status, (&api.QueryOptions{}).WithContext(ctx))
 }
 
-// lost reports an agent answer meaning the check is not registered.
+// lost reports an agent answer meaning the check is not registered: a 404
+// (register.IsNotFound decides that), or an older agent's error naming an
+// unknown check.
 func lost(err error) bool {
-	var se api.StatusError
-	if errors.As(err, &se) {
-		if se.Code == 404 {
-			return true
-		}
-		b := strings.ToLower(se.Body)
-		if strings.Contains(b, "acl not found") { // the token is refused, not the check lost
-			return false
-		}
-		return strings.Contains(b, "unknown check") || strings.Contains(b, "does not have associated ttl") ||
-			strings.Contains(b, "not found")
+	if register.IsNotFound(err) {
+		return true
 	}
-	return false
+	var se api.StatusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	b := strings.ToLower(se.Body)
+	if strings.Contains(b, "acl not found") { // the token is refused, not the check lost
+		return false
+	}
+	return strings.Contains(b, "unknown check") || strings.Contains(b, "does not have associated ttl") ||
+		strings.Contains(b, "not found")
 }

@@ -204,7 +204,7 @@ func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
 		if valid[name] {
 			if idOf[name] != id {
 				env.Log.Info("deregistering an owned service under an old id", "service_id", id, "now", idOf[name])
-				errs = append(errs, r.Deregister(ctx, id, id+"-sidecar-proxy"))
+				errs = append(errs, r.Deregister(ctx, id, plan.SidecarID(id)))
 			}
 			continue
 		}
@@ -212,7 +212,7 @@ func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
 			continue // a broken file's last good plan
 		}
 		env.Log.Info("deregistering an owned service with no config", "service_id", id)
-		errs = append(errs, r.Deregister(ctx, id, id+"-sidecar-proxy"))
+		errs = append(errs, r.Deregister(ctx, id, plan.SidecarID(id)))
 	}
 	errs = append(errs, releaseOrphans(env, l))
 	return errors.Join(errs...)

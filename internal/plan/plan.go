@@ -103,44 +103,6 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return err
 }
 
-// Ports are a service's allocated or fixed ports.
-type Ports struct {
-	Service   int
-	Upstreams map[string]int // by config.Upstream.Key()
-	Sidecar   int            // the sidecar's public port
-	Admin     int            // envoy admin; 0 unless mode envoy
-	Metrics   int            // envoy's merged metrics; 0 unless proxy.prometheus_scrape_path
-	// ProxyMetrics is meshx-proxy's own metrics port; 0 when metrics are off.
-	ProxyMetrics int
-}
-
-// Keys used with the port allocator.
-func ServicePortKey(id string) string            { return "service/" + id }
-func UpstreamPortKey(id, upstream string) string { return "upstream/" + id + "/" + upstream }
-func AdminPortKey(id string) string              { return "envoy-admin/" + id }
-func SidecarPortKey(id string) string            { return "sidecar/" + id }
-func MetricsPortKey(id string) string            { return "envoy-metrics/" + id }
-func ProxyMetricsPortKey(id string) string       { return "metrics/" + id }
-
-// PortKeys are the allocator keys of every port the plan holds (to release
-// them when the service is gone).
-func (pl *Plan) PortKeys() []string {
-	keys := []string{ServicePortKey(pl.ID), SidecarPortKey(pl.ID)}
-	for _, u := range pl.Upstreams {
-		keys = append(keys, UpstreamPortKey(pl.ID, u.Key))
-	}
-	if pl.Proxy.AdminPort != 0 {
-		keys = append(keys, AdminPortKey(pl.ID))
-	}
-	if pl.Proxy.MetricsPort != 0 {
-		keys = append(keys, MetricsPortKey(pl.ID))
-	}
-	if pl.MetricsAddress != "" {
-		keys = append(keys, ProxyMetricsPortKey(pl.ID))
-	}
-	return keys
-}
-
 // Host is what a plan needs to know about the host.
 type Host struct {
 	Hostname       string
@@ -197,7 +159,7 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 		address = h.Global.Ports.IP.String()
 	}
 	pl := &Plan{Name: s.Name, ID: id, File: s.File, Address: address, Port: p.Service,
-		SidecarID: id + sidecarSuffix, SidecarPort: p.Sidecar, CheckID: "meshx-ttl:" + id,
+		SidecarID: SidecarID(id), SidecarPort: p.Sidecar, CheckID: "meshx-ttl:" + id,
 		TTL: Duration(s.Check.TTL), Interval: Duration(s.Check.Interval), Probe: s.Check.Probe,
 		Transparent: s.Transparent}
 	var consulUps []any

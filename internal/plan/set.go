@@ -42,11 +42,11 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 			set.Reject(s, "service.id", "service id %q is also used by %s", id, o.File)
 			continue
 		}
-		if o, dup := ids[id+sidecarSuffix]; dup {
-			set.Reject(s, "service.id", "the id of its sidecar, %q, is also used by %s", id+sidecarSuffix, o.File)
+		if o, dup := ids[SidecarID(id)]; dup {
+			set.Reject(s, "service.id", "the id of its sidecar, %q, is also used by %s", SidecarID(id), o.File)
 			continue
 		}
-		ids[id], ids[id+sidecarSuffix] = s, s
+		ids[id], ids[SidecarID(id)] = s, s
 	}
 	checkFixedPorts(set)
 	checkTransparent(set)
@@ -55,7 +55,8 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	for _, s := range slices.Clone(set.Services) {
 		hh := h
 		hh.ExtraUpstreams = extra[s.Name]
-		_, err := Build(s, hh, placeholderPorts(s, extra[s.Name]))
+		// Every port set, none real.
+		_, err := Build(s, hh, needsOf(s, h, extra[s.Name]).fill(func(string) int { return 1 }))
 		var fe *FieldError
 		if errors.As(err, &fe) && fe.Global {
 			return nil, h.Global.Problem(fe.Field, "%s", fe.Msg)
@@ -70,12 +71,7 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	}
 	var plans []*Plan
 	for _, s := range set.Services {
-		id, _ := RenderID(s, h.Hostname)
-		p := Ports{Service: got[ServicePortKey(id)], Sidecar: got[SidecarPortKey(id)], Admin: got[AdminPortKey(id)],
-			Metrics: got[MetricsPortKey(id)], ProxyMetrics: got[ProxyMetricsPortKey(id)], Upstreams: map[string]int{}}
-		for _, u := range upstreams(s, extra[s.Name]) {
-			p.Upstreams[u.Key()] = got[UpstreamPortKey(id, u.Key())]
-		}
+		p := needsOf(s, h, extra[s.Name]).fill(func(key string) int { return got[key] })
 		hh := h
 		hh.ExtraUpstreams = extra[s.Name]
 		pl, err := Build(s, hh, p)
@@ -87,26 +83,9 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	return plans, nil
 }
 
-const sidecarSuffix = "-sidecar-proxy"
-
-// portRequests are the allocator requests of one service.
-func portRequests(s *config.Service, h Host, extra []config.Upstream) []ports.Request {
-	id, _ := RenderID(s, h.Hostname)
-	reqs := []ports.Request{{Key: ServicePortKey(id), Fixed: s.Port}, {Key: SidecarPortKey(id)}}
-	for _, u := range upstreams(s, extra) {
-		reqs = append(reqs, ports.Request{Key: UpstreamPortKey(id, u.Key()), Fixed: u.Port, Down: true})
-	}
-	if s.Proxy.Mode == config.ModeEnvoy {
-		reqs = append(reqs, ports.Request{Key: AdminPortKey(id)})
-	}
-	if s.Proxy.PrometheusScrapePath != "" {
-		reqs = append(reqs, ports.Request{Key: MetricsPortKey(id)})
-	}
-	if !h.Global.Metrics.Disabled {
-		reqs = append(reqs, ports.Request{Key: ProxyMetricsPortKey(id)})
-	}
-	return reqs
-}
+// SidecarID is the id of the sidecar of the service id: Consul's default,
+// which meshx keeps.
+func SidecarID(id string) string { return id + "-sidecar-proxy" }
 
 // allocate gets the ports of every service of set in one allocation. A
 // service that needs more ports than the range holds is rejected first; when
@@ -118,7 +97,7 @@ func allocate(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	each := map[*config.Service][]ports.Request{}
 	var all []ports.Request
 	for _, s := range slices.Clone(set.Services) {
-		reqs := portRequests(s, h, extra[s.Name])
+		reqs := needsOf(s, h, extra[s.Name]).requests()
 		n := 0
 		for _, q := range reqs {
 			if q.Fixed == 0 {
@@ -169,15 +148,6 @@ func globalName(g *config.Global) string {
 		return "meshx.yaml (defaults)"
 	}
 	return g.File
-}
-
-// placeholderPorts are ports for a dry render: every port set, none real.
-func placeholderPorts(s *config.Service, extra []config.Upstream) Ports {
-	p := Ports{Service: 1, Sidecar: 1, Admin: 1, Metrics: 1, ProxyMetrics: 1, Upstreams: map[string]int{}}
-	for _, u := range upstreams(s, extra) {
-		p.Upstreams[u.Key()] = 1
-	}
-	return p
 }
 
 // checkFixedPorts rejects a service whose fixed port another service (earlier

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/metrics"
 	"github.com/meshx/meshx/internal/plan"
 )
 
@@ -54,6 +55,9 @@ type ProxyParams struct {
 	// OnState is called when the data plane's state changes; it must not
 	// block for long.
 	OnState func(ProxyState)
+	// Metrics receives an in-process data plane's counters (connections,
+	// bytes, refusals...). nil: metrics are off.
+	Metrics *metrics.Metrics
 }
 
 // ProxyState is the data plane's state, as published in the status file.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/metrics"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/ttl"
@@ -55,6 +56,7 @@ func (d *daemon) loop(ctx context.Context, hb *ttl.Heartbeat) error {
 // records a broken token file; beatNow when the health changed.
 func (d *daemon) onPoll(ctx context.Context, token *tokenWatch) (beatNow bool, err error) {
 	d.touch()
+	d.maybeRelogin(ctx)
 	changed, problem := token.poll()
 	beatNow = d.setTokenProblem(problem)
 	if changed {
@@ -187,7 +189,10 @@ func (d *daemon) reload(ctx context.Context) error {
 		}
 	}
 	if _, err := d.reg.Ensure(ctx, pl, "", false); err != nil {
+		d.m.AgentError("register")
 		d.log.Error("register after reload", "err", err)
+	} else {
+		d.m.Resync(metrics.ResyncReload)
 	}
 	r, inPlace := d.proxy.(Reloader)
 	switch {

@@ -109,6 +109,9 @@ func (n *nativeProxy) options(ctx context.Context) (dataplane.Options, error) {
 	o := dataplane.Options{Source: dataplane.NewAgentSource(cl), Service: pl.Name,
 		Public: net.JoinHostPort("", strconv.Itoa(port)), App: appAddress(pl),
 		Upstreams: planUpstreams(pl), Logger: n.p.Logger.With("component", "dataplane")}
+	if n.p.Metrics != nil {
+		o.Observer = n.p.Metrics.DataPlane.Observer()
+	}
 	if t := pl.Transparent; t != nil {
 		// REDIRECT sends to the loopback address of the connection's family.
 		o.Outbound = []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(t.OutboundPort))}

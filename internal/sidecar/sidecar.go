@@ -19,6 +19,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/login"
+	"github.com/meshx/meshx/internal/metrics"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/register"
@@ -140,12 +142,18 @@ type daemon struct {
 	proxy      Proxy // the running data plane; nil: none
 	rulesIn    bool
 	redirector Redirector
+	m          *metrics.Metrics // nil: metrics off
+	started    time.Time
+	login      *login.Session // consul.login; nil: none
+	nextLogin  time.Time      // the earliest the main loop logs in again
+	refused    atomic.Bool    // the agent refused the login's token
 
 	mu          sync.Mutex   // guards the fields below
 	st          state.Status // written by the data plane's OnState too
 	sidecarPort int          // the agent-assigned public port, once asked
 	// tokenProblem is why the ACL token file cannot be used (nil: it can).
 	tokenProblem error
+	loginErr     string // the last login's failure; "" once one worked
 }
 
 // Run runs meshx-proxy for one service until ctx ends (then cleans up and
@@ -177,10 +185,13 @@ func newDaemon(o Options) (*daemon, error) {
 	g := *o.Global
 	g.Consul.Source = register.SourceAddress(register.APIConfig(g.Consul).Address, pl.ID)
 	o.Global = &g
-	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID)}
+	d := &daemon{o: o, pl: pl, log: o.Logger.With("service_id", pl.ID), m: newMetrics(pl.MetricsAddress), started: time.Now()}
 	d.st = state.Status{Service: pl.Name, ID: pl.ID, PID: os.Getpid(), StartTime: process.Self().Start,
 		Health: api.HealthCritical, Since: time.Now()}
 	if d.agent, err = o.Connect(o.Global.Consul); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := d.setupLogin(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	d.reg = &register.Registrar{Agent: d.agent, Hostname: pl.Registration.Meta[plan.MetaHost]}
@@ -200,6 +211,7 @@ func (d *daemon) run(ctx context.Context) error {
 	d.touch()
 	stopWatchdog := d.startWatchdog()
 	defer stopWatchdog()
+	defer d.serveMetrics()()
 	d.clearStale(ctx)
 	if err := d.register(ctx); err != nil {
 		return d.exit(ctx, err)
@@ -234,12 +246,24 @@ func (d *daemon) register(ctx context.Context) error {
 	if err := d.waitAgent(ctx, addr); err != nil {
 		return err
 	}
+	if err := d.loginAtStart(ctx); err != nil {
+		return err
+	}
 	d.status("registering " + d.pl.ID)
 	res, check, err := d.reg.EnsureCheck(ctx, d.pl, api.HealthCritical, false)
 	if err != nil {
+		d.m.AgentError("register")
 		return err
 	}
 	d.log.Info("registration", "result", string(res), "check", check)
+	if d.login != nil && res == register.Unchanged {
+		// The agent syncs a service with the token it was registered with;
+		// meshx-init's login token is gone by now: register with ours.
+		if err := d.reg.Register(ctx, d.pl, api.HealthCritical); err != nil {
+			d.m.AgentError("register")
+			return err
+		}
+	}
 	// The agent keeps an existing check's status across re-registration, so a
 	// check a killed meshx-proxy left passing would stay passing: make it
 	// critical, explicitly, before holding interim criticals back.
@@ -271,15 +295,19 @@ func (d *daemon) heartbeat() (*ttl.Heartbeat, error) {
 	return ttl.New(ttl.Options{Agent: agentRef{d}, CheckID: d.pl.CheckID, Interval: time.Duration(d.pl.Interval),
 		Probe: d.probe, Logger: d.log, OnBeat: d.onBeat, Hold: d.holdWhileStarting(),
 		Reregister: func(ctx context.Context, status string) error {
-			_, err := d.reg.Ensure(ctx, d.pl, status, false)
-			return err
+			if _, err := d.reg.Ensure(ctx, d.pl, status, false); err != nil {
+				d.m.AgentError("register")
+				return err
+			}
+			d.m.Resync(metrics.ResyncAgentLost)
+			return nil
 		}})
 }
 
 // startProxy makes and starts the plan's data plane (none for mode none).
 func (d *daemon) startProxy(ctx context.Context) error {
 	p, err := d.o.NewProxy(ProxyParams{Plan: d.pl, Logger: d.log, Consul: d.o.Global.Consul,
-		PublicPort: d.publicPort, OnState: d.onProxyState})
+		PublicPort: d.publicPort, OnState: d.onProxyState, Metrics: d.m})
 	if err != nil || p == nil {
 		d.proxy = nil
 		return err
@@ -304,6 +332,7 @@ func (d *daemon) stopProxy() {
 // token). A failed start ends the run: a service must not look healthy with
 // no proxy behind it.
 func (d *daemon) restartProxy(ctx context.Context) error {
+	d.m.ProxyRestarted(metrics.RestartReconfigured)
 	d.stopProxy()
 	if err := d.startProxy(ctx); err != nil {
 		return fmt.Errorf("restart proxy: %w", err)
@@ -312,6 +341,7 @@ func (d *daemon) restartProxy(ctx context.Context) error {
 }
 
 func (d *daemon) onProxyState(s ProxyState) {
+	d.m.ProxyState(s.State)
 	d.mu.Lock()
 	d.st.ProxyPID, d.st.ProxyState, d.st.Restarts = s.PID, s.State, s.Restarts
 	d.mu.Unlock()
@@ -353,16 +383,27 @@ func (d *daemon) maybeReady(ctx context.Context, hl ttl.Health, err error) {
 	d.mu.Unlock()
 	d.publish()
 	d.o.Notify("READY=1")
+	d.m.Ready(time.Since(d.started))
 	d.status("ready: " + hl.Output)
 }
 
 func (d *daemon) onBeat(hl ttl.Health, err error) {
+	if err == nil {
+		d.m.Heartbeat(hl.Status, time.Now())
+	} else {
+		d.m.AgentError("ttl")
+		d.noteRefused(err)
+	}
 	d.mu.Lock()
-	changed := d.st.Health != hl.Status || d.st.Output != hl.Output
+	before := d.st
 	d.st.Health, d.st.Output = hl.Status, hl.Output
 	if err != nil {
 		d.st.Output = hl.Output + " (not written: " + err.Error() + ")"
+		if d.loginErr != "" { // the token is refused and no new one could be had
+			d.st.Health, d.st.Output = api.HealthCritical, d.loginErr
+		}
 	}
+	changed := d.st.Health != before.Health || d.st.Output != before.Output
 	d.mu.Unlock()
 	if changed {
 		d.publish()
@@ -423,6 +464,9 @@ func (d *daemon) shutdown(loopErr error) error {
 		}
 		cancel()
 	}
+	ctx, cancel = step()
+	d.logout(ctx)
+	cancel()
 	d.o.Dirs.RemoveStatus(d.pl.Name)
 	return loopErr
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/metrics"
 )
 
 // tokenWatch notices when the ACL token file is rewritten (rotation): the
@@ -103,7 +105,10 @@ func (d *daemon) rotateToken(ctx context.Context) error {
 	status := d.st.Health
 	d.mu.Unlock()
 	if err := d.reg.Register(ctx, d.pl, status); err != nil {
+		d.m.AgentError("register")
 		d.log.Error("register with the new token", "err", err)
+	} else {
+		d.m.Resync(metrics.ResyncToken)
 	}
 	if d.proxy == nil {
 		return nil

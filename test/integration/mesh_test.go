@@ -63,6 +63,8 @@ func TestMesh(t *testing.T) {
 	})
 
 	t.Run("proxy killed is restarted and traffic resumes", func(t *testing.T) {
+		exited := map[string]string{"reason": "exited"}
+		restarts := h.waitMetric(10*time.Second, "web", "meshx_proxy_restarts_total", exited, func(float64) bool { return true })
 		before := h.status("web")
 		if before.ProxyPID == 0 {
 			t.Fatalf("no proxy pid published: %+v", before)
@@ -81,9 +83,14 @@ func TestMesh(t *testing.T) {
 			return nil
 		})
 		waitBody(t, 30*time.Second, up.Port, "hello from web")
+		// The scrape saw it too.
+		h.waitMetric(10*time.Second, "web", "meshx_proxy_restarts_total", exited, equals(restarts+1))
+		h.waitMetric(10*time.Second, "web", "meshx_proxy_state", map[string]string{"state": "running"}, equals(1))
 	})
 
 	t.Run("agent restart: registrations and checks back within an interval plus a second", func(t *testing.T) {
+		lost := map[string]string{"reason": "agent_lost"}
+		resyncs := h.waitMetric(10*time.Second, "web", "meshx_registration_resyncs_total", lost, func(float64) bool { return true })
 		c.Restart(t)
 		// Restart returns once the new agent has a leader; the heartbeat
 		// interval is ttl/2 = 5s.
@@ -94,6 +101,7 @@ func TestMesh(t *testing.T) {
 			}
 		}
 		waitBody(t, 60*time.Second, up.Port, "hello from web")
+		h.waitMetric(10*time.Second, "web", "meshx_registration_resyncs_total", lost, equals(resyncs+1))
 	})
 
 	t.Run("re-run with unchanged config changes nothing", func(t *testing.T) {

@@ -57,10 +57,15 @@ type proxyProc struct {
 	done chan struct{}
 }
 
+// startProxy runs meshx-proxy for service name; ns "" = no --netns.
 func (h *host) startProxy(t *testing.T, ns, name string) *proxyProc {
 	t.Helper()
 	p := &proxyProc{out: &testutil.SyncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(filepath.Join(binDir, "meshx-proxy"), append(h.flags(), "--netns", "/run/netns/"+ns, name)...)
+	args := h.flags()
+	if ns != "" {
+		args = append(args, "--netns", "/run/netns/"+ns)
+	}
+	p.cmd = exec.Command(filepath.Join(binDir, "meshx-proxy"), append(args, name)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

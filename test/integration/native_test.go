@@ -217,6 +217,32 @@ func TestNativeMode(t *testing.T) {
 			t.Errorf("meshx-proxy restarted (pid %d -> %d)", st.PID, now.PID)
 		}
 	})
+
+	t.Run("metrics: connections, bytes, the leaf certificate, a denied connection", func(t *testing.T) {
+		inbound := map[string]string{"direction": "inbound", "upstream": ""}
+		h.waitMetric(10*time.Second, "web", "meshx_dataplane_connections_total", inbound, func(v float64) bool { return v >= 1 })
+		h.waitMetric(10*time.Second, "web", "meshx_dataplane_bytes_total",
+			map[string]string{"direction": "inbound", "flow": "out"}, func(v float64) bool { return v > 0 })
+		h.waitMetric(10*time.Second, "client", "meshx_dataplane_connections_total",
+			map[string]string{"direction": "outbound", "upstream": "web"}, func(v float64) bool { return v >= 1 })
+		h.waitMetric(10*time.Second, "web", "meshx_dataplane_leaf_cert_expiry_timestamp_seconds", nil,
+			func(v float64) bool { return v > float64(time.Now().Unix()) })
+		refused := h.waitMetric(10*time.Second, "web", "meshx_dataplane_connections_refused_total", inbound,
+			func(float64) bool { return true })
+		if _, _, err := h.client().ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions,
+			Name: "web", Sources: []*api.SourceIntention{deny("client")}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _, _ = h.client().ConfigEntries().Delete(api.ServiceIntentions, "web", nil) }()
+		testutil.Eventually(t, 10*time.Second, func() error {
+			if out, err := readName(ups["web"]); err == nil {
+				return fmt.Errorf("denied source got %q", out)
+			}
+			return nil
+		})
+		h.waitMetric(10*time.Second, "web", "meshx_dataplane_connections_refused_total", inbound,
+			func(v float64) bool { return v > refused })
+	})
 }
 
 func dial(port int) error {

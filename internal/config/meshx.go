@@ -9,16 +9,9 @@ import (
 
 // The meshx shape of a service-config, as written (see docs/configuration.md).
 type rawService struct {
-	Version int `yaml:"version"`
-	Service struct {
-		Name    string            `yaml:"name"`
-		ID      string            `yaml:"id"`
-		Address string            `yaml:"address"`
-		Port    int               `yaml:"port"`
-		Tags    []string          `yaml:"tags"`
-		Meta    map[string]string `yaml:"meta"`
-	} `yaml:"service"`
-	Check struct {
+	Version int              `yaml:"version"`
+	Service rawServiceFields `yaml:"service"`
+	Check   struct {
 		TTL      durationText `yaml:"ttl"`
 		Interval durationText `yaml:"interval"`
 		Probe    string       `yaml:"probe"`
@@ -54,6 +47,21 @@ type rawService struct {
 	} `yaml:"transparent_proxy"`
 }
 
+// rawServiceFields are a service's own fields as written: under "service:"
+// in the meshx shape, at the top level in the Vagrant flat shape.
+type rawServiceFields struct {
+	Name    string            `yaml:"name"`
+	ID      string            `yaml:"id"`
+	Address string            `yaml:"address"`
+	Port    int               `yaml:"port"`
+	Tags    []string          `yaml:"tags"`
+	Meta    map[string]string `yaml:"meta"`
+}
+
+func (f rawServiceFields) copyTo(s *Service) {
+	s.Name, s.ID, s.Address, s.Port, s.Tags, s.Meta = f.Name, f.ID, f.Address, f.Port, f.Tags, f.Meta
+}
+
 // CurrentVersion is the only service-config version this meshx reads.
 const CurrentVersion = 1
 
@@ -68,8 +76,7 @@ func decodeMeshx(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servi
 	case v.ShortTag() == "!!int" && r.Version != CurrentVersion:
 		p.at(s.Loc("version"), "unsupported version %d (this meshx reads version %d)", r.Version, CurrentVersion)
 	}
-	s.Name, s.ID, s.Address, s.Port = r.Service.Name, r.Service.ID, r.Service.Address, r.Service.Port
-	s.Tags, s.Meta = r.Service.Tags, r.Service.Meta
+	r.Service.copyTo(s)
 	s.Check.TTL = s.duration(p, "check.ttl", string(r.Check.TTL))
 	s.Check.Interval = s.duration(p, "check.interval", string(r.Check.Interval))
 	s.Check.Probe = r.Check.Probe

@@ -37,13 +37,8 @@ func decodeFlat(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servic
 		}
 	}
 	var v struct {
-		Name    string            `yaml:"name"`
-		ID      string            `yaml:"id"`
-		Address string            `yaml:"address"`
-		Port    int               `yaml:"port"`
-		Tags    []string          `yaml:"tags"`
-		Meta    map[string]string `yaml:"meta"`
-		Connect *struct {
+		rawServiceFields `yaml:",inline"`
+		Connect          *struct {
 			SidecarService *struct {
 				Proxy *struct {
 					Mode      string `yaml:"mode"`
@@ -59,7 +54,7 @@ func decodeFlat(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servic
 		} `yaml:"connect"`
 	}
 	decodeStrict(data, root, &v, ix, p) // on problems, v holds what did decode
-	s.Name, s.ID, s.Address, s.Port, s.Tags, s.Meta = v.Name, v.ID, v.Address, v.Port, v.Tags, v.Meta
+	v.copyTo(s)
 	if v.Connect != nil && v.Connect.SidecarService != nil && v.Connect.SidecarService.Proxy != nil {
 		px := v.Connect.SidecarService.Proxy
 		switch px.Mode {

@@ -461,3 +461,15 @@ func mustURL(s string) *url.URL {
 	}
 	return u
 }
+
+func TestServing(t *testing.T) {
+	src := newFakeSource(t)
+	p := startPlane(t, Options{Source: src, Service: "web", Public: freeAddr(t)})
+	if err := p.Serving(); err != nil {
+		t.Fatalf("a started plane: %v", err)
+	}
+	p.Stop(0)
+	if err := p.Serving(); err == nil {
+		t.Fatal("a stopped plane says it serves")
+	}
+}

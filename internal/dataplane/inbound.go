@@ -3,6 +3,8 @@ package dataplane
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"time"
 )
@@ -23,9 +25,14 @@ func (p *Plane) inbound(raw net.Conn) {
 	defer cancel()
 	c := tls.Server(raw, p.id.ServerConfig())
 	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		if errors.Is(err, io.EOF) {
+			// Closed before a word was said: a port check, not a peer.
+			p.log.Debug("inbound connection closed before its handshake", "remote", raw.RemoteAddr().String())
+			return
+		}
 		p.obs.TLSFailed(Inbound)
 		p.log.Info("inbound handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
-		raw.Close()
 		return
 	}
 	src, err := PeerID(c.ConnectionState())

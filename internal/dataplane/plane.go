@@ -71,7 +71,8 @@ type Plane struct {
 	wg     sync.WaitGroup
 
 	mu        sync.Mutex
-	listeners map[string]net.Listener // by upstream key; "" = public; "outbound"
+	listeners map[string]net.Listener // by upstream key; "" = public; outboundKey+address
+	failing   map[string]bool         // listeners being bound again after a failure
 	upstreams map[string]*upstreamRun // by key
 	tp        *transparent
 	ready     chan struct{}
@@ -99,7 +100,7 @@ func New(o Options) (*Plane, error) {
 		o.Observer = nopObserver{}
 	}
 	p := &Plane{o: o, log: o.Logger, obs: o.Observer, conns: newConnSet(),
-		listeners: map[string]net.Listener{}, upstreams: map[string]*upstreamRun{}, ready: make(chan struct{})}
+		listeners: map[string]net.Listener{}, failing: map[string]bool{}, upstreams: map[string]*upstreamRun{}, ready: make(chan struct{})}
 	p.dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Control: p.markControl}
 	p.id = NewIdentity(o.Source, o.Service, o.Logger.With("component", "identity"))
 	p.authz = NewAuthorizer(o.Source, o.Service, o.Logger.With("component", "intentions"))
@@ -230,11 +231,43 @@ func (p *Plane) serve(key string, ln net.Listener) {
 				return
 			}
 			p.log.Error("listener failed; binding it again", "listener", ln.Addr().String(), "err", err)
+			p.setFailing(key, true)
 			if ln = p.rebind(key, ln.Addr().String()); ln == nil {
 				return
 			}
+			p.setFailing(key, false)
+			p.log.Info("listener bound again", "listener", ln.Addr().String())
 		}
 	})
+}
+
+func (p *Plane) setFailing(key string, failing bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if failing {
+		p.failing[key] = true
+	} else {
+		delete(p.failing, key)
+	}
+}
+
+// Serving reports whether every listener is bound and accepting: nil, or
+// which one failed and is being bound again. It asks the plane itself, so
+// a health probe opens no connection (which an upstream listener would
+// carry to an instance).
+func (p *Plane) Serving() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key := range p.failing {
+		if key == "" {
+			key = "public"
+		}
+		return fmt.Errorf("listener %s failed; binding it again", key)
+	}
+	if _, ok := p.listeners[""]; !ok {
+		return errors.New("public listener closed")
+	}
+	return nil
 }
 
 func (p *Plane) owns(key string, ln net.Listener) bool {

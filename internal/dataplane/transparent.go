@@ -35,7 +35,23 @@ func newTransparent(p *Plane) *transparent {
 		addrs: map[netip.AddrPort]string{}}
 }
 
+// vipProbe is an address in Consul's virtual IP range (240.0.0.0/4).
+const vipProbe = "240.0.0.1:9"
+
+// checkVIPRoute warns when the host has no route to Consul's virtual IPs:
+// an app's connect() to one then fails before the redirect rules see it.
+func (t *transparent) checkVIPRoute() {
+	c, err := net.Dial("udp4", vipProbe) // a route lookup; nothing is sent
+	if err != nil {
+		t.p.log.Warn("no route to Consul's virtual IPs (240.0.0.0/4): apps cannot dial <service>.virtual.consul; "+
+			"give the host a default route, or add one with `ip route add 240.0.0.0/4 dev <interface>`", "err", err)
+		return
+	}
+	c.Close()
+}
+
 func (t *transparent) run(ctx context.Context) {
+	t.checkVIPRoute()
 	watch(ctx, t.p.log, "mesh config entry", func(ctx context.Context, index uint64) (uint64, error) {
 		only, next, err := t.p.o.Source.MeshDestinationsOnly(ctx, index)
 		if err == nil && t.meshOnly.Swap(only) != only {

@@ -79,7 +79,7 @@ func (n *nativeProxy) Accepting(ctx context.Context) error {
 	default:
 		return errors.New("native data plane waiting for its certificate, the CA roots and the intentions")
 	}
-	return Listening(ctx, n.p.Plan, n.p.PublicPort)
+	return n.plane.Serving()
 }
 
 // Reload opens and closes upstream listeners in place: the others, and

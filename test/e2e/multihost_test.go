@@ -211,6 +211,9 @@ proxy: {mode: native}
 transparent_proxy: {enabled: true, dns: {enabled: true}}
 `)
 	top.client.MustExec("sh", "-c", "umount /etc/resolv.conf 2>/dev/null; echo 'nameserver 127.0.0.1' >/etc/resolv.conf")
+	// A VM has a default route (its gateway); the app's connect() to a
+	// virtual IP needs a route before the redirect rules see it.
+	top.client.MustExec("ip", "route", "replace", "default", "dev", lanIfname)
 	for _, h := range []*meshHost{top.web, top.client} {
 		h.MustExec("systemctl", "reload", "meshx-init.service")
 	}

@@ -400,8 +400,12 @@ func checkGRPCAddress(a string) error {
 	if strings.Contains(a, "://") {
 		return checkAddress(a)
 	}
-	if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || port == "" || host == "" {
 		return errors.New("write host:port or a URL (like http://127.0.0.1:8502), not " + strconv.Quote(a))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q out of range 1-65535 in %q", port, a)
 	}
 	return nil
 }

@@ -131,8 +131,11 @@ func (s *Service) prefix(p *Problems, field, v string) netip.Prefix {
 
 func (s *Service) addrPort(p *Problems, field, v string) netip.AddrPort {
 	ap, err := netip.ParseAddrPort(v)
-	if err != nil {
+	switch {
+	case err != nil || ap.Port() == 0:
 		p.at(s.Loc(field), "not an address:port (like 127.0.0.1:8600): %q", v)
+	case notUnicast(ap.Addr()) != "":
+		p.at(s.Loc(field), "%s is %s: write one address, like 127.0.0.1:8600", ap.Addr(), notUnicast(ap.Addr()))
 	}
 	return ap
 }

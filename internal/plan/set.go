@@ -112,6 +112,9 @@ func allocate(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 		each[s] = reqs
 		all = append(all, reqs...)
 	}
+	if len(all) == 0 {
+		return map[string]int{}, nil // nothing to allocate: the state is not touched
+	}
 	got, err := alloc(all)
 	if !errors.Is(err, ports.ErrExhausted) {
 		if err != nil {

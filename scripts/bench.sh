@@ -2,6 +2,7 @@
 # meshx's benchmarks (make bench). Each figure is set against a baseline measured
 # in the same invocation, and reported as a ratio: these machines are noisy.
 #   - startup: meshx-init run --foreground until N services pass and their proxies
+#     (connect and native modes)
 #     accept, against direct agent API calls + directly started proxies (N = 1, 20, 100);
 #     and the resident memory of one meshx-proxy against its proxy child.
 #   - transparent-proxy rules: meshx apply/remove against consul connect
@@ -27,17 +28,43 @@ if [ "$(id -u)" = 0 ]; then
 fi
 go test -run '^$' -bench 'BenchmarkAllocate' -benchmem ./internal/ports/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
 
-# Summary: startup ratios meshx/baseline per N, memory.
+echo "running data path benchmarks (plain TCP, built-in pair, native pair)..." >&2
+go test -run '^$' -bench 'BenchmarkDataPath' -benchtime 2s -timeout 20m ./test/integration/ 2>&1 |
+	grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
+echo "running services-per-host (150 native services, default agent limits)..." >&2
+go test -run '^$' -bench 'BenchmarkServicesPerHost' -benchtime 1x -timeout 20m ./test/integration/ 2>&1 |
+	grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
+
+# Summary: startup ratios against the baseline per N and mode, memory, data path.
 awk '
-/^BenchmarkStartup\/N=[0-9]+\/(baseline|meshx)/ {
+/^BenchmarkStartup\/N=[0-9]+\/(baseline|meshx|native)/ {
 	split($1, p, "/"); n = p[2]; sub(/-[0-9]+$/, "", p[3]); kind = p[3]
 	t[n, kind] = $3 / 1e9; ns[n] = 1
-	for (i = 5; i <= NF; i += 2) { if ($(i+1) == "meshx-proxy-MB") mem = $i; if ($(i+1) == "proxy-child-MB") child = $i }
+	for (i = 4; i < NF; i++) {
+		if ($(i+1) == "meshx-proxy-MB") mem[kind] = $i
+		if ($(i+1) == "proxy-child-MB") child[kind] = $i
+	}
 }
+/^BenchmarkDataPath\// {
+	split($1, p, "/"); sub(/-[0-9]+$/, "", p[3]); kind = p[2] "/" p[3]
+	for (i = 4; i < NF; i++) { if ($(i+1) == "MB/s") mbs[kind] = $i; if ($(i+1) == "p50-us") p50[kind] = $i; if ($(i+1) == "p99-us") p99[kind] = $i }
+}
+/^BenchmarkServicesPerHost/ { for (i = 4; i < NF; i++) if ($(i+1) == "ready-of-150") ready = $i }
 END {
-	print "| N | baseline (s) | meshx (s) | meshx / baseline |"
-	print "|---|---|---|---|"
+	print "| N | baseline (s) | meshx connect (s) | ratio | meshx native (s) | ratio |"
+	print "|---|---|---|---|---|---|"
 	split("N=1 N=20 N=100", order, " ")
-	for (k = 1; k <= 3; k++) { n = order[k]; if (n in ns) printf "| %s | %.2f | %.2f | %.2f |\n", substr(n, 3), t[n, "baseline"], t[n, "meshx"], (t[n, "baseline"] > 0 ? t[n, "meshx"] / t[n, "baseline"] : 0) }
-	if (mem != "") printf "\nmeshx-proxy resident memory: %.1f MB; its proxy child (consul connect proxy): %.1f MB; ratio %.2f\n", mem, child, mem / child
+	for (k = 1; k <= 3; k++) {
+		n = order[k]; if (!(n in ns)) continue
+		b = t[n, "baseline"]
+		printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", substr(n, 3), b, t[n, "meshx"], (b > 0 ? t[n, "meshx"] / b : 0), t[n, "native"], (b > 0 ? t[n, "native"] / b : 0)
+	}
+	if ("meshx" in mem) printf "\nmemory per service: connect mode %.1f MB (meshx-proxy) + %.1f MB (consul connect proxy); native mode %.1f MB in all; ratio %.2f\n", mem["meshx"], child["meshx"], mem["native"], mem["native"] / (mem["meshx"] + child["meshx"])
+	if (length(mbs) > 0) {
+		print "\n| data path | stream MB/s | 32 connections MB/s | request p50 (us) | p99 (us) |"
+		print "|---|---|---|---|---|"
+		split("plain builtin native", paths, " ")
+		for (k = 1; k <= 3; k++) { q = paths[k]; printf "| %s | %s | %s | %s | %s |\n", q, mbs["stream/" q], mbs["parallel32/" q], p50["request/" q], p99["request/" q] }
+	}
+	if (ready != "") printf "\nnative services ready against an agent with default limits: %s of 150\n", ready
 }' "$out"

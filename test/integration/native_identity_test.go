@@ -121,8 +121,13 @@ func TestNativeIdentity(t *testing.T) {
 
 	t.Run("a foreign CA's certificate with a forged server id", func(t *testing.T) {
 		cert := forgedCert(t, "spiffe://"+td+"/ns/default/dc/dc1/svc/web")
+		sni := make(chan string, 16)
 		l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert},
-			ClientAuth: tls.RequireAnyClientCert})
+			ClientAuth: tls.RequireAnyClientCert,
+			GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+				sni <- h.ServerName
+				return nil, nil
+			}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,5 +170,9 @@ func TestNativeIdentity(t *testing.T) {
 				return errorf("the client has not tried the forged server yet")
 			}
 		})
+		// The client named the service it meant to reach as Envoy does.
+		if got, want := <-sni, "web.default.dc1.internal."+td; got != want {
+			t.Errorf("SNI %q, want %q", got, want)
+		}
 	})
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshx/meshx/internal/dataplane"
 	"github.com/meshx/meshx/internal/testutil"
 )
 
@@ -285,4 +286,27 @@ func TestConnectionBudget(t *testing.T) {
 			h.init("stop")
 		})
 	}
+}
+
+// TestNativePreparedQuery: an upstream that is a prepared query reaches
+// the instances the query returns.
+func TestNativePreparedQuery(t *testing.T) {
+	m := newMesh(t, "")
+	web := nameApp(t, "web")
+	side, cside, up := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	m.register("web", "web-1", web, side)
+	m.register("client", "client-1", 0, cside)
+	if _, _, err := m.cl.PreparedQuery().Create(&api.PreparedQueryDefinition{Name: "nearest-web",
+		Service: api.ServiceQuery{Service: "web", OnlyPassing: true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.plane("web", side, web)
+	m.plane("client", cside, 0, dataplane.Upstream{Name: "nearest-web", Query: true, Bind: "127.0.0.1:" + strconv.Itoa(up)})
+	testutil.Eventually(t, 30*time.Second, func() error {
+		out, err := readName(up)
+		if err != nil || out != "web" {
+			return fmt.Errorf("%q, %v", out, err)
+		}
+		return nil
+	})
 }

@@ -153,6 +153,14 @@ transparent_proxy: {enabled: true, dns: {enabled: true, address: "127.0.0.1:%d"}
 			}
 		})
 	}
+	t.Run("an instance's own address and port", func(t *testing.T) {
+		// web's app listens on loopback only: 192.0.2.10:8080 is reached
+		// through the mesh or not at all.
+		out, err := curlIn(t, ns, "", "http://192.0.2.10:8080/")
+		if err != nil || out != "hello from web" {
+			t.Fatalf("%q, %v", out, err)
+		}
+	})
 	t.Run("virtual IP on an arbitrary port", func(t *testing.T) {
 		out, err := curlIn(t, ns, "", "http://"+vip+":1234/")
 		if err != nil || out != "hello from web" {

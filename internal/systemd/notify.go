@@ -20,17 +20,6 @@ func Notify(state string) error {
 	return nil
 }
 
-// Ready tells systemd that startup is complete, with a status line.
-func Ready(status string) error { return Notify(daemon.SdNotifyReady + "\nSTATUS=" + oneLine(status)) }
-
-// Status sets the free-form status shown by `systemctl status`.
-func Status(status string) error { return Notify("STATUS=" + oneLine(status)) }
-
-// Stopping tells systemd that shutdown has begun, with a status line.
-func Stopping(status string) error {
-	return Notify(daemon.SdNotifyStopping + "\nSTATUS=" + oneLine(status))
-}
-
 // WatchdogInterval is how often the watchdog must be pinged: half of the
 // WatchdogSec= systemd asked for, or 0 when no watchdog is enabled for this
 // process.
@@ -75,8 +64,6 @@ func RunWatchdog(ctx context.Context, healthy func() error, log *slog.Logger) {
 		wasHealthy = err == nil
 	}
 }
-
-func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
 
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")

@@ -50,34 +50,26 @@ func recv(t *testing.T, ch <-chan string) string {
 
 func TestNotifyWithoutSocketIsNoop(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "")
-	if err := Ready("up"); err != nil {
-		t.Fatalf("Ready without NOTIFY_SOCKET: %v", err)
+	if err := Notify("READY=1"); err != nil {
+		t.Fatalf("Notify without NOTIFY_SOCKET: %v", err)
 	}
 }
 
 func TestNotifyStates(t *testing.T) {
 	ch := notifySocket(t)
-	steps := []struct {
-		send func() error
-		want string
-	}{
-		{func() error { return Status("waiting for\nagent") }, "STATUS=waiting for agent"},
-		{func() error { return Ready("proxy ready") }, "READY=1\nSTATUS=proxy ready"},
-		{func() error { return Stopping("deregistering") }, "STOPPING=1\nSTATUS=deregistering"},
-	}
-	for _, s := range steps {
-		if err := s.send(); err != nil {
+	for _, state := range []string{"STATUS=waiting for agent", "READY=1\nSTATUS=proxy ready", "STOPPING=1\nSTATUS=deregistering"} {
+		if err := Notify(state); err != nil {
 			t.Fatal(err)
 		}
-		if got := recv(t, ch); got != s.want {
-			t.Errorf("got %q, want %q", got, s.want)
+		if got := recv(t, ch); got != state {
+			t.Errorf("got %q, want %q", got, state)
 		}
 	}
 }
 
 func TestNotifyBrokenSocket(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", filepath.Join(t.TempDir(), "nobody-listens"))
-	if err := Status("x"); err == nil {
+	if err := Notify("STATUS=x"); err == nil {
 		t.Fatal("want an error for a socket nobody listens on")
 	}
 }

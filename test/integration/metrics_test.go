@@ -177,3 +177,32 @@ func docScrapeConfig(t *testing.T, consulAddr string) string {
 	}
 	return "global: {scrape_interval: 1s}\n" + string(cfg)
 }
+
+// TestEnvoyMetricsMerged: in envoy mode one scrape of meshx-proxy also
+// carries Envoy's own metrics, fetched from the admin listener meshx
+// allocated. No Envoy can be installed here: the proxy command is a stand-in
+// serving Prometheus text at the admin path /stats/prometheus, as Envoy does.
+func TestEnvoyMetricsMerged(t *testing.T) {
+	c := testutil.StartConsul(t, "")
+	h := newHost(t, c, "")
+	side := testutil.FreePort(t)
+	h.service("web.yaml", fmt.Sprintf(`version: 1
+service: {name: web, port: %d}
+proxy:
+  mode: envoy
+  command: [%q, -listen, "127.0.0.1:%d", -admin, "{{admin_address}}"]
+registration:
+  Connect: {SidecarService: {Port: %d}}
+`, startApp(t, "hello"), filepath.Join(binDir, "fakeproxy"), side, side))
+	h.foreground()
+	h.waitPassing(30*time.Second, "web-testhost")
+	if h.plan("web").Proxy.AdminPort == 0 {
+		t.Fatal("envoy mode without an admin port")
+	}
+	h.waitMetric(10*time.Second, "web", "meshx_ready", nil, equals(1))
+	first := h.waitMetric(10*time.Second, "web", "envoy_fake_admin_scrapes_total", nil, func(v float64) bool { return v >= 1 })
+	h.waitMetric(10*time.Second, "web", "envoy_server_live", nil, equals(1))
+	h.waitMetric(10*time.Second, "web", "meshx_envoy_metrics_up", nil, equals(1))
+	// Each scrape of meshx-proxy is one of the admin listener: fresh values.
+	h.waitMetric(10*time.Second, "web", "envoy_fake_admin_scrapes_total", nil, func(v float64) bool { return v > first })
+}

@@ -339,12 +339,20 @@ func knownFields(t reflect.Type, field string) []string {
 			}
 		}
 	}
+	return structFields(t)
+}
+
+// structFields lists the yaml field names of a struct, inline ones included.
+func structFields(t reflect.Type) []string {
 	if t.Kind() != reflect.Struct {
 		return nil
 	}
 	var out []string
 	for i := range t.NumField() {
-		if m := typeFieldsRE.FindStringSubmatch(string(t.Field(i).Tag)); m != nil && m[1] != "" {
+		f := t.Field(i)
+		if isInline(f) {
+			out = append(out, structFields(deref(f.Type))...)
+		} else if m := typeFieldsRE.FindStringSubmatch(string(f.Tag)); m != nil && m[1] != "" {
 			out = append(out, m[1])
 		}
 	}
@@ -393,11 +401,23 @@ func fieldType(t reflect.Type, name string) reflect.Type {
 		return nil
 	}
 	for i := range t.NumField() {
-		if m := typeFieldsRE.FindStringSubmatch(string(t.Field(i).Tag)); m != nil && m[1] == name {
-			return deref(t.Field(i).Type)
+		f := t.Field(i)
+		if isInline(f) {
+			if ft := fieldType(deref(f.Type), name); ft != nil {
+				return ft
+			}
+			continue
+		}
+		if m := typeFieldsRE.FindStringSubmatch(string(f.Tag)); m != nil && m[1] == name {
+			return deref(f.Type)
 		}
 	}
 	return nil
+}
+
+// isInline reports whether a struct field is yaml.v3's `yaml:",inline"`.
+func isInline(f reflect.StructField) bool {
+	return strings.Contains(f.Tag.Get("yaml"), ",inline")
 }
 
 func deref(t reflect.Type) reflect.Type {

@@ -8,6 +8,7 @@
 #   - transparent-proxy rules: meshx apply/remove against consul connect
 #     redirect-traffic + the Vagrant cleanup script (root only).
 #   - port allocation, for the record.
+#   - one meshx-proxy's memory with metrics on against off.
 # Raw `go test -bench` output goes to $out (default bench.out); a markdown
 # summary to stdout. COUNT (default 3) sets -benchtime=COUNTx for startup.
 set -euo pipefail
@@ -27,6 +28,8 @@ if [ "$(id -u)" = 0 ]; then
 		grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
 fi
 go test -run '^$' -bench 'BenchmarkAllocate' -benchmem ./internal/ports/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
+echo "running metrics memory (one meshx-proxy, metrics on against off)..." >&2
+go test -run '^$' -bench 'BenchmarkMetricsMemory' -benchtime 3x ./test/integration/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
 
 echo "running data path benchmarks (plain TCP, built-in pair, native pair)..." >&2
 go test -run '^$' -bench 'BenchmarkDataPath' -benchtime 2s -timeout 20m ./test/integration/ 2>&1 |

@@ -206,3 +206,34 @@ registration:
 	// Each scrape of meshx-proxy is one of the admin listener: fresh values.
 	h.waitMetric(10*time.Second, "web", "envoy_fake_admin_scrapes_total", nil, func(v float64) bool { return v > first })
 }
+
+// BenchmarkMetricsMemory sets one meshx-proxy's resident memory with metrics
+// on (after being scraped) against the same service with metrics off, in the
+// same run. The service has mode none, so meshx-proxy runs alone.
+func BenchmarkMetricsMemory(b *testing.B) {
+	c := testutil.StartConsul(b, "")
+	measure := func(extra string, scrape bool) float64 {
+		h := newHost(b, c, extra)
+		h.service("web.yaml", "version: 1\nservice: {name: web}\ncheck: {probe: none}\nproxy: {mode: none}\n")
+		f := h.foreground()
+		defer f.stop(b)
+		testutil.Eventually(b, 30*time.Second, func() error {
+			if st := h.status("web"); !st.Ready {
+				return fmt.Errorf("not ready: %+v", st)
+			}
+			return nil
+		})
+		if scrape {
+			h.waitMetric(10*time.Second, "web", "meshx_ready", nil, equals(1))
+		}
+		return rssMB(h.status("web").PID)
+	}
+	var on, off float64
+	for range b.N {
+		off += measure("metrics: {enabled: false}\n", false)
+		on += measure("", true)
+	}
+	b.ReportMetric(off/float64(b.N), "off-MB")
+	b.ReportMetric(on/float64(b.N), "on-MB")
+	b.ReportMetric(on/off, "on/off")
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,6 +111,12 @@ func (a *Authorizer) defaultFor(ctx context.Context, src ServiceID) (bool, strin
 	allow, reason, err := a.src.Authorize(ctx, a.service, uri)
 	if err != nil {
 		return false, "", err
+	}
+	if strings.HasPrefix(reason, "Matched") {
+		// The agent decided from an intention the servers no longer have
+		// (its cache is behind, hashicorp/consul#23368): its answer is not
+		// the default. Deny, and ask again next time.
+		return false, "the agent's intention cache is stale (" + reason + "); denied until it catches up", nil
 	}
 	a.mu.Lock()
 	a.defaults[uri] = defaultDecision{allow: allow, at: time.Now()}

@@ -473,3 +473,24 @@ func TestServing(t *testing.T) {
 		t.Fatal("a stopped plane says it serves")
 	}
 }
+
+// staleSource answers Authorize from an intention the servers no longer have.
+type staleSource struct{ *fakeSource }
+
+func (s staleSource) Authorize(context.Context, string, string) (bool, string, error) {
+	return true, "Matched L4 intention: client => web (allow)", nil
+}
+
+func TestAuthorizeStaleAgentCache(t *testing.T) {
+	src := staleSource{newFakeSource(t)}
+	a := NewAuthorizer(src, "web", testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	<-a.Ready()
+	allow, reason, err := a.Allow(ctx, ServiceID{TrustDomain: testTD, Datacenter: "dc1", Service: "client"})
+	if err != nil || allow || !strings.Contains(reason, "stale") {
+		t.Fatalf("no intention on the servers, agent answers from a stale one: allow=%v %q %v", allow, reason, err)
+	}
+}

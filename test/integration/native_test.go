@@ -310,3 +310,53 @@ func TestNativePreparedQuery(t *testing.T) {
 		return nil
 	})
 }
+
+// TestNativeACLDefaultDeny: on an agent whose ACL default policy is deny
+// and with no intention at all, the agent's default decides (deny); an
+// allow intention lets the source in; removing it denies it again, even
+// while the agent's own intention cache may still hold the allow.
+func TestNativeACLDefaultDeny(t *testing.T) {
+	const root = "8a9f1c34-5b1e-4c55-9d3e-meshx0000009"
+	c, admin := testutil.StartACLConsul(t, root)
+	m := &mesh{t: t, c: c, cl: admin, obs: map[string]*countingObserver{}, log: map[string]*testutil.SyncBuffer{}}
+	web := nameApp(t, "web")
+	side, cside, up := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	m.register("web", "web-1", web, side)
+	m.register("client", "client-1", 0, cside)
+	m.plane("web", side, web)
+	m.plane("client", cside, 0, upstreamTo("web", up))
+	denied := func(when string) {
+		t.Helper()
+		testutil.Eventually(t, 10*time.Second, func() error {
+			if out, err := readName(up); err == nil {
+				return fmt.Errorf("%s: allowed, got %q", when, out)
+			}
+			if m.obs["web"].refused.Load() == 0 {
+				return fmt.Errorf("%s: web refused nothing yet", when)
+			}
+			return nil
+		})
+	}
+	denied("no intention, ACL default deny")
+	m.intention("web", allow("client"))
+	testutil.Eventually(t, 10*time.Second, func() error {
+		out, err := readName(up)
+		if err != nil || out != "web" {
+			return fmt.Errorf("allow intention: %q, %v", out, err)
+		}
+		return nil
+	})
+	if _, err := admin.ConfigEntries().Delete(api.ServiceIntentions, "web", nil); err != nil {
+		t.Fatal(err)
+	}
+	before := m.obs["web"].refused.Load()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if out, err := readName(up); err == nil {
+			return fmt.Errorf("intention removed: still allowed, got %q", out)
+		}
+		if m.obs["web"].refused.Load() == before {
+			return fmt.Errorf("intention removed: web refused nothing")
+		}
+		return nil
+	})
+}

@@ -5,7 +5,7 @@
 GO ?= go
 export GOTOOLCHAIN := local
 
-.PHONY: build test unit demo bench vet clean
+.PHONY: build test unit demo bench vet lint clean
 
 build:
 	$(GO) build -o bin/ ./cmd/meshx-init ./cmd/meshx-proxy
@@ -19,6 +19,10 @@ unit:
 
 vet:
 	$(GO) vet ./...
+
+# gofmt, go mod tidy and staticcheck (pinned in tools/staticcheck); test runs it too.
+lint:
+	./scripts/lint.sh
 
 demo:
 	./scripts/demo.sh

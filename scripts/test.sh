@@ -26,6 +26,8 @@ if [ "$(id -u)" = 0 ]; then
 fi
 step "go vet"
 go vet ./...
+step "lint: gofmt, go mod tidy, staticcheck"
+./scripts/lint.sh
 step "unit tests (race detector)"
 go test -race -count=1 ./internal/...
 step "integration and system tests"

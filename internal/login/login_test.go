@@ -13,10 +13,9 @@ import (
 
 // fakeACL is an auth method in memory: it accepts one bearer token.
 type fakeACL struct {
-	accept  string
-	n       int
-	live    map[string]bool
-	lastErr string
+	accept string
+	n      int
+	live   map[string]bool
 }
 
 func (f *fakeACL) Login(p *api.ACLLoginParams, q *api.WriteOptions) (*api.ACLToken, *api.WriteMeta, error) {

@@ -1,7 +1,10 @@
 # `make package`: builds dist/meshx_<version>_amd64.deb with nfpm, pinned in
 # tools/nfpm and built once into $(MESHX_CACHE) (like scripts/build-consul.sh
 # does for Consul). `make package-lint` runs lintian on it (no errors or
-# warnings allowed).
+# warnings allowed). `make rpm` builds the RPM for RHEL-family images from the
+# same nfpm config, dist/meshx-<version>-1.x86_64.rpm; `make rpm-lint` runs
+# rpmlint on it (no errors or warnings allowed; packaging/rpmlintrc says why
+# each filter is there). Each prints the package's path as its last line.
 # Included by the Makefile.
 #
 # The package's binaries are a release build of ./cmd/meshx-init and
@@ -17,7 +20,7 @@ MESHX_CACHE ?= /var/cache/meshx
 NFPM_VERSION := $(shell awk '$$1 == "require" && $$2 == "github.com/goreleaser/nfpm/v2" {print $$3}' tools/nfpm/go.mod)
 NFPM := $(MESHX_CACHE)/nfpm-$(NFPM_VERSION)/nfpm
 MESHX_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
-# The staging directory packaging/nfpm.yaml takes the binaries and changelog from.
+# The staging directory packaging/nfpm.yaml takes the binaries, docs and changelog from.
 PACKAGE_STAGE := .cache/pkgroot
 DEB := dist/meshx_$(MESHX_VERSION)_amd64.deb
 # -X: the version `meshx-init --version` and `meshx-proxy --version` print.
@@ -29,9 +32,14 @@ PACKAGE_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
 PACKAGE_EPOCH := $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 PACKAGE_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-.PHONY: package package-lint nfpm
+# The newest GLIBC_ symbol version the staged binaries use ("" when static).
+PACKAGE_LIBC := objdump -T $(PACKAGE_STAGE)/meshx-init $(PACKAGE_STAGE)/meshx-proxy | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 | sed 's/^GLIBC_//'
+RPM := dist/meshx-$(MESHX_VERSION)-1.x86_64.rpm
 
-package: $(NFPM)
+.PHONY: package package-lint rpm rpm-lint package-stage nfpm
+
+# What both packages hold, staged in $(PACKAGE_STAGE).
+package-stage: $(NFPM)
 	rm -rf $(PACKAGE_STAGE)
 	mkdir -p $(PACKAGE_STAGE) dist
 	GOTOOLCHAIN=local go build -buildmode=pie -trimpath -ldflags "$(PACKAGE_LDFLAGS)" \
@@ -42,13 +50,26 @@ package: $(NFPM)
 	gzip -9n $(PACKAGE_STAGE)/man/*.8
 	printf 'meshx (%s) unstable; urgency=medium\n\n  * Build of commit %s.\n\n -- meshx maintainers <meshx@example.org>  %s\n' \
 		'$(MESHX_VERSION)' '$(PACKAGE_COMMIT)' '$(PACKAGE_DATE)' | gzip -9n >$(PACKAGE_STAGE)/changelog.gz
-	libc=$$(objdump -T $(PACKAGE_STAGE)/meshx-init $(PACKAGE_STAGE)/meshx-proxy | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1); \
-	MESHX_VERSION='$(MESHX_VERSION)' MESHX_LIBC_DEPENDS="$${libc:+libc6 (>= $${libc#GLIBC_})}" \
-		$(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DEB)
-	@echo $(DEB)
+
+# $(call nfpm-package,<packager>,<file>,<libc dependency, $$libc the version>)
+define nfpm-package
+	libc=$$($(PACKAGE_LIBC)); \
+	MESHX_VERSION='$(MESHX_VERSION)' MESHX_LIBC_DEPENDS="$${libc:+$(3)}" \
+		$(NFPM) package --config packaging/nfpm.yaml --packager $(1) --target $(2)
+	@echo $(2)
+endef
+
+package: package-stage
+	$(call nfpm-package,deb,$(DEB),libc6 (>= $$libc))
 
 package-lint: package
 	lintian --fail-on error,warning --display-info $(DEB)
+
+rpm: package-stage
+	$(call nfpm-package,rpm,$(RPM),glibc >= $$libc)
+
+rpm-lint: rpm
+	PATH=$(CURDIR)/packaging/rpmlint-bin:$$PATH rpmlint --strict --config packaging/rpmlint.toml $(RPM)
 
 nfpm: $(NFPM)
 

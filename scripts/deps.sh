@@ -5,7 +5,7 @@
 set -euo pipefail
 case "${1:-test}" in
 demo) pkgs="curl jq" ;;
-test) pkgs="curl jq iptables iproute2 debootstrap systemd-container lintian cloud-init binutils man-db bash-completion containernetworking-plugins victoria-metrics" ;;
+test) pkgs="curl jq iptables iproute2 debootstrap systemd-container lintian cloud-init binutils man-db bash-completion containernetworking-plugins victoria-metrics rpm rpmlint" ;;
 *) echo "usage: deps.sh [demo|test]" >&2; exit 2 ;;
 esac
 need=()

@@ -23,6 +23,8 @@ if [ "$(id -u)" = 0 ]; then
 	step "Debian package"
 	make --no-print-directory package >/dev/null
 	make --no-print-directory package-lint
+	step "RPM (rpmlint)"
+	make --no-print-directory rpm-lint
 fi
 step "go vet"
 go vet ./...

@@ -41,6 +41,8 @@ type Layout struct {
 	Enable []string
 	// ConsulAtBoot enables consul.service. False leaves it installed but disabled.
 	ConsulAtBoot bool
+	// RPM installs meshx's RPM (rpm --root from the host) instead of its .deb.
+	RPM bool
 }
 
 // Machine is one booted (or bootable) systemd container.
@@ -64,10 +66,6 @@ const (
 )
 
 var (
-	debOnce sync.Once
-	debPath string
-	debErr  error
-
 	rootfsOnce sync.Once
 	rootfsPath string
 	rootfsErr  error
@@ -91,28 +89,56 @@ func needTools(t *testing.T) {
 
 // Deb returns the meshx .deb under test: $MESHX_DEB, else one built from this
 // tree with mk/package.mk (once per test binary).
-func Deb(t *testing.T) string {
+func Deb(t *testing.T) string { return buildPackage(t, "package", "MESHX_DEB", "0.0.0~e2e") }
+
+// RPM returns the meshx RPM under test: $MESHX_RPM, else one built from this
+// tree with mk/package.mk (once per test binary and version).
+func RPM(t *testing.T) string { return buildPackage(t, "rpm", "MESHX_RPM", "0.0.0~e2e") }
+
+// packageBuild is one `make <target> MESHX_VERSION=<version>`, done once.
+type packageBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var (
+	packageMu     sync.Mutex // one build at a time: they share the staging directory
+	packageBuilds = map[string]*packageBuild{}
+)
+
+// buildPackage returns the package `make target` builds for version from
+// this tree; $env, when set, is the package of version 0.0.0~e2e.
+func buildPackage(t *testing.T, target, env, version string) string {
 	t.Helper()
-	if p := os.Getenv("MESHX_DEB"); p != "" {
+	if p := os.Getenv(env); p != "" && version == "0.0.0~e2e" {
 		_, err := os.Stat(p)
-		testutil.Need(t, err == nil, "meshx .deb at $MESHX_DEB="+p)
+		testutil.Need(t, err == nil, "meshx package at $"+env+"="+p)
 		return p
 	}
-	debOnce.Do(func() {
-		cmd := exec.Command("make", "--no-print-directory", "-f", "mk/package.mk", "package", "MESHX_VERSION=0.0.0~e2e")
+	packageMu.Lock()
+	defer packageMu.Unlock()
+	key := target + " " + version
+	b := packageBuilds[key]
+	if b == nil {
+		b = &packageBuild{}
+		packageBuilds[key] = b
+	}
+	b.once.Do(func() {
+		cmd := exec.Command("make", "--no-print-directory", "-f", "mk/package.mk", target, "MESHX_VERSION="+version)
 		cmd.Dir = repoRoot()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			debErr = fmt.Errorf("make package: %v\n%s", err, out)
+			b.err = fmt.Errorf("make %s: %v\n%s", target, err, out)
 			return
 		}
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		debPath = filepath.Join(repoRoot(), lines[len(lines)-1])
+		b.path = filepath.Join(repoRoot(), lines[len(lines)-1])
 	})
-	if debErr != nil {
-		t.Fatal(debErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return debPath
+	return b.path
 }
 
 // RootfsTarball returns the cached debootstrapped root filesystem, building it
@@ -141,20 +167,16 @@ func RootfsTarball(t *testing.T) string {
 func NewMachine(t *testing.T, l Layout) *Machine {
 	t.Helper()
 	needTools(t)
-	tarball := RootfsTarball(t)
 	consul := testutil.ConsulBinary(t)
-	deb := Deb(t)
 
-	m := &Machine{t: t, Name: "mx-" + randHex(4), Root: filepath.Join(t.TempDir(), "root")}
-	if err := os.MkdirAll(m.Root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	m.host("tar", "--numeric-owner", "--xattrs", "-xf", tarball, "-C", m.Root)
-
+	m := scratchRoot(t)
+	m.Name = "mx-" + randHex(4)
 	// The package, the way an image build would install it.
-	m.copyFile(deb, "/tmp/meshx.deb", 0o644)
-	m.chroot("dpkg", "-i", "/tmp/meshx.deb")
-	m.chroot("rm", "/tmp/meshx.deb")
+	if l.RPM {
+		m.installRPM(RPM(t))
+	} else {
+		m.installDeb(Deb(t))
+	}
 
 	// Consul: the pinned binary, a system user, the example unit, a one-server agent.
 	m.linkOrCopy(consul, "/usr/bin/consul")
@@ -178,6 +200,47 @@ func NewMachine(t *testing.T, l Layout) *Machine {
 	})
 	t.Cleanup(m.cleanup)
 	return m
+}
+
+// scratchRoot unpacks a fresh copy of the cached root filesystem: a Machine
+// that is not booted (no name, no network namespace) until NewMachine makes
+// it one.
+func scratchRoot(t *testing.T) *Machine {
+	t.Helper()
+	tarball := RootfsTarball(t)
+	m := &Machine{t: t, Root: filepath.Join(t.TempDir(), "root")}
+	if err := os.MkdirAll(m.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.host("tar", "--numeric-owner", "--xattrs", "-xf", tarball, "-C", m.Root)
+	return m
+}
+
+// installDeb installs (or upgrades to) a .deb with dpkg in a chroot.
+func (m *Machine) installDeb(deb string) string {
+	m.t.Helper()
+	m.copyFile(deb, "/tmp/meshx.deb", 0o644)
+	defer m.chroot("rm", "/tmp/meshx.deb")
+	return m.withProc("chroot", m.Root, "dpkg", "-i", "/tmp/meshx.deb")
+}
+
+// installRPM installs (or upgrades to) an RPM with the host's rpm into the
+// root filesystem; rpm runs the scriptlets chrooted into it. --nodeps: the
+// root's RPM database knows none of the Debian packages that provide systemd
+// and glibc.
+func (m *Machine) installRPM(rpm string) string {
+	m.t.Helper()
+	return m.withProc("rpm", "--root", m.Root, "--nodeps", "-U", rpm)
+}
+
+// withProc runs a host command with /proc mounted in the root filesystem, as
+// on an image being built: systemd-tmpfiles and systemctl in the maintainer
+// scripts need it. The mount lives in a mount namespace of the command's own
+// and ends with it.
+func (m *Machine) withProc(args ...string) string {
+	m.t.Helper()
+	script := `mount -t proc proc "$0/proc" && exec "$@"`
+	return m.host(append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-c", script, m.Root}, args...)...)
 }
 
 // consulAgentConfig is a dev-like single server: bootstrapped alone, on

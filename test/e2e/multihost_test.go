@@ -215,7 +215,20 @@ transparent_proxy: {enabled: true, dns: {enabled: true}}
 	// virtual IP needs a route before the redirect rules see it.
 	top.client.MustExec("ip", "route", "replace", "default", "dev", lanIfname)
 	for _, h := range []*meshHost{top.web, top.client} {
-		h.MustExec("systemctl", "reload", "meshx-init.service")
+		// systemd in these containers sometimes fails to place the reload's
+		// control process in its cgroup (exit 219/CGROUP, before meshx-init
+		// runs at all): try again then.
+		testutil.Eventually(t, multiStepTimeout, func() error {
+			out, err := h.Exec("systemctl", "reload", "meshx-init.service")
+			if err != nil {
+				status, _ := h.Exec("systemctl", "status", "--no-pager", "meshx-init.service")
+				if !strings.Contains(status, "219/CGROUP") {
+					t.Fatalf("systemctl reload meshx-init on %s: %v\n%s\n%s", h.Hostname, err, out, status)
+				}
+				return fmt.Errorf("reload on %s: %v (219/CGROUP)", h.Hostname, err)
+			}
+			return nil
+		})
 	}
 }
 

@@ -494,3 +494,25 @@ func TestAuthorizeStaleAgentCache(t *testing.T) {
 		t.Fatalf("no intention on the servers, agent answers from a stale one: allow=%v %q %v", allow, reason, err)
 	}
 }
+
+// TestListenerRebound: a listener that fails on its own (closed under the
+// plane here) is bound again on the same address, and serves.
+func TestListenerRebound(t *testing.T) {
+	src := newFakeSource(t)
+	src.defaultOK = true
+	up, _, client, _ := meshPair(t, src)
+	eventually(t, "mesh up", func() error { return roundTrip(up, "before") })
+	client.mu.Lock()
+	var key string
+	for k := range client.listeners {
+		if k != "" {
+			key = k
+		}
+	}
+	client.listeners[key].Close() // not through the plane: a failure
+	client.mu.Unlock()
+	eventually(t, "listener bound again", func() error { return roundTrip(up, "after") })
+	if err := client.Serving(); err != nil {
+		t.Errorf("after the rebind: %v", err)
+	}
+}

@@ -124,7 +124,11 @@ func TestPipeHalfClose(t *testing.T) {
 	p2, server := tcpPair(t)
 	done := make(chan [2]int64, 1)
 	go func() {
-		ab, ba := pipe(p1, p2)
+		var streamed atomic.Int64
+		ab, ba := pipe(p1, p2, func(x, y int64) { streamed.Add(x + y) })
+		if streamed.Load() != ab+ba {
+			t.Errorf("counted %d bytes as they moved, %d in all", streamed.Load(), ab+ba)
+		}
 		done <- [2]int64{ab, ba}
 	}()
 	io.WriteString(client, "request")

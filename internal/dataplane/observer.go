@@ -14,9 +14,10 @@ const (
 // or an upstream's destination name.
 type Observer interface {
 	ConnOpened(direction string)
-	// ConnClosed gives the bytes read from the connecting side (received)
-	// and written back to it (sent).
-	ConnClosed(direction string, received, sent int64)
+	// Transferred counts bytes as they move: read from the connecting side
+	// (received) and written back to it (sent).
+	Transferred(direction string, received, sent int64)
+	ConnClosed(direction string)
 	// Refused: intentions denied an inbound connection, or mesh
 	// destinations only refused a passthrough one.
 	Refused(direction string)
@@ -28,10 +29,11 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) ConnOpened(string)               {}
-func (nopObserver) ConnClosed(string, int64, int64) {}
-func (nopObserver) Refused(string)                  {}
-func (nopObserver) TLSFailed(string)                {}
-func (nopObserver) DialFailed(string)               {}
-func (nopObserver) DialRetried(string)              {}
-func (nopObserver) LeafExpiry(time.Time)            {}
+func (nopObserver) ConnOpened(string)                {}
+func (nopObserver) Transferred(string, int64, int64) {}
+func (nopObserver) ConnClosed(string)                {}
+func (nopObserver) Refused(string)                   {}
+func (nopObserver) TLSFailed(string)                 {}
+func (nopObserver) DialFailed(string)                {}
+func (nopObserver) DialRetried(string)               {}
+func (nopObserver) LeafExpiry(time.Time)             {}

@@ -327,9 +327,9 @@ func (p *Plane) proxy(direction string, client, server net.Conn, source *Service
 	t := &tracked{a: client, b: server, source: source}
 	p.conns.add(t)
 	p.obs.ConnOpened(direction)
-	in, out := pipe(client, server)
+	pipe(client, server, func(in, out int64) { p.obs.Transferred(direction, in, out) })
 	p.conns.remove(t)
-	p.obs.ConnClosed(direction, in, out)
+	p.obs.ConnClosed(direction)
 }
 
 func (p *Plane) leafExpiry() {

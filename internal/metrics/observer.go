@@ -37,11 +37,11 @@ func (o *Observer) listener(direction string) *Listener {
 
 func (o *Observer) ConnOpened(direction string) { o.listener(direction).Opened() }
 
-func (o *Observer) ConnClosed(direction string, received, sent int64) {
-	l := o.listener(direction)
-	l.Transferred(received, sent)
-	l.Closed()
+func (o *Observer) Transferred(direction string, received, sent int64) {
+	o.listener(direction).Transferred(received, sent)
 }
+
+func (o *Observer) ConnClosed(direction string) { o.listener(direction).Closed() }
 
 func (o *Observer) Refused(direction string)    { o.listener(direction).Refused() }
 func (o *Observer) TLSFailed(direction string)  { o.listener(direction).TLSFailure() }

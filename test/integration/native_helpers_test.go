@@ -37,13 +37,14 @@ type countingObserver struct {
 	opened, refused, tlsFailed, dialFailed atomic.Int64
 }
 
-func (o *countingObserver) ConnOpened(string)               { o.opened.Add(1) }
-func (o *countingObserver) ConnClosed(string, int64, int64) {}
-func (o *countingObserver) Refused(string)                  { o.refused.Add(1) }
-func (o *countingObserver) TLSFailed(string)                { o.tlsFailed.Add(1) }
-func (o *countingObserver) DialFailed(string)               { o.dialFailed.Add(1) }
-func (o *countingObserver) DialRetried(string)              {}
-func (o *countingObserver) LeafExpiry(time.Time)            {}
+func (o *countingObserver) ConnOpened(string)                { o.opened.Add(1) }
+func (o *countingObserver) Transferred(string, int64, int64) {}
+func (o *countingObserver) ConnClosed(string)                {}
+func (o *countingObserver) Refused(string)                   { o.refused.Add(1) }
+func (o *countingObserver) TLSFailed(string)                 { o.tlsFailed.Add(1) }
+func (o *countingObserver) DialFailed(string)                { o.dialFailed.Add(1) }
+func (o *countingObserver) DialRetried(string)               {}
+func (o *countingObserver) LeafExpiry(time.Time)             {}
 
 func newMesh(t testing.TB, extraHCL string) *mesh {
 	c := testutil.StartConsul(t, extraHCL)

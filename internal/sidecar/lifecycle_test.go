@@ -27,6 +27,8 @@ type fakeProxy struct {
 	ag      *agenttest.Agent
 	n       int // which start this is (1 = first)
 	plan    *plan.Plan
+	params  ProxyParams
+	ports   []int // the public ports Accepting was told
 	exited  chan error
 	mu      sync.Mutex
 	refuse  error // Accepting's answer
@@ -35,6 +37,7 @@ type fakeProxy struct {
 
 func (p *fakeProxy) Start(context.Context) error {
 	p.ag.Note(fmt.Sprintf("proxy start %d", p.n))
+	p.params.OnState(ProxyState{State: "running", PID: 4240 + p.n})
 	return nil
 }
 func (p *fakeProxy) Exited() <-chan error { return p.exited }
@@ -46,9 +49,14 @@ func (p *fakeProxy) Stop() {
 		p.ag.Note(fmt.Sprintf("proxy stop %d", p.n))
 	}
 }
-func (p *fakeProxy) Accepting(context.Context) error {
+func (p *fakeProxy) Accepting(ctx context.Context) error {
+	port, err := p.params.PublicPort(ctx)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	p.ports = append(p.ports, port)
 	return p.refuse
 }
 
@@ -116,7 +124,7 @@ func (h *harness) newProxy(p ProxyParams) (Proxy, error) {
 		h.startErr = nil
 		return nil, err
 	}
-	fp := &fakeProxy{ag: h.ag, n: len(h.proxies) + 1, plan: p.Plan, exited: make(chan error, 1), refuse: h.refuse}
+	fp := &fakeProxy{ag: h.ag, n: len(h.proxies) + 1, plan: p.Plan, params: p, exited: make(chan error, 1), refuse: h.refuse}
 	h.proxies = append(h.proxies, fp)
 	return fp, nil
 }
@@ -226,8 +234,8 @@ func TestRunStartAndShutdownOrder(t *testing.T) {
 	h.start()
 	h.waitReady()
 	st, ok := h.dirs.LoadStatus("web")
-	if !ok || !st.Ready || st.Health != api.HealthPassing {
-		t.Errorf("published status %+v, %v; want ready and passing", st, ok)
+	if !ok || !st.Ready || st.Health != api.HealthPassing || st.ProxyPID != 4241 || st.ProxyState != "running" {
+		t.Errorf("published status %+v, %v; want ready, passing, and the proxy's pid and state", st, ok)
 	}
 	if err := h.stop(); err != nil {
 		t.Fatalf("Run = %v, want nil after a stop", err)
@@ -547,4 +555,34 @@ func TestRunOptions(t *testing.T) {
 			t.Errorf("withDefaults = %+v, %v", o, err)
 		}
 	})
+}
+
+// TestRunPublicPortFromTheAgent: a plan without a pinned public port (from
+// an older meshx) uses the port the agent assigned, asked once.
+func TestRunPublicPortFromTheAgent(t *testing.T) {
+	pl := lifecyclePlan()
+	pl.SidecarPort = 0
+	h := newHarness(t, pl)
+	h.start()
+	h.waitReady()
+	p := h.proxy(1)
+	p.mu.Lock()
+	ports := slices.Clone(p.ports)
+	p.mu.Unlock()
+	if len(ports) == 0 || ports[0] != 21000 {
+		t.Errorf("public ports %v, want the agent's 21000", ports)
+	}
+	if n := slices.Index(h.ag.Calls(), "service web-h1-sidecar-proxy"); n < 0 {
+		t.Error("the agent was not asked for the sidecar's port")
+	}
+	asked := 0
+	for _, c := range h.ag.Calls() {
+		if c == "service web-h1-sidecar-proxy" {
+			asked++
+		}
+	}
+	// Once by the registration's check, once for the port: then cached.
+	if asked > 2 {
+		t.Errorf("the sidecar's port was asked %d times; want it cached", asked)
+	}
 }

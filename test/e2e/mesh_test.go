@@ -148,6 +148,23 @@ func TestBootedMesh(t *testing.T) {
 		}
 	})
 
+	step(t, "each meshx-proxy serves its metrics from inside the unit's sandbox", func(t *testing.T) {
+		var rows []struct{ Service, Metrics string }
+		if err := json.Unmarshal([]byte(m.MustExec("meshx-init", "status", "--json")), &rows); err != nil || len(rows) != 2 {
+			t.Fatalf("meshx-init status --json: %v %v", rows, err)
+		}
+		for _, r := range rows {
+			if r.Metrics == "" {
+				t.Errorf("%s has no metrics address", r.Service)
+				continue
+			}
+			out, err := m.Exec("curl", "-fsS", "--max-time", "5", "http://"+r.Metrics+"/metrics")
+			if err != nil || !strings.Contains(out, "\nmeshx_ready 1\n") || !strings.Contains(out, `meshx_proxy_state{state="running"} 1`) {
+				t.Errorf("%s's metrics at %s: %v\n%.2000s", r.Service, r.Metrics, err, out)
+			}
+		}
+	})
+
 	step(t, "logs go to the journal with structured fields and no second timestamp", func(t *testing.T) {
 		checkJournal(t, m, "meshx-proxy@web.service")
 		checkJournal(t, m, "meshx-init.service")

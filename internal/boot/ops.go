@@ -1,13 +1,16 @@
 package boot
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -32,16 +35,59 @@ type Row struct {
 	Ready     bool            `json:"ready"`
 }
 
-// Status lists every service meshx owns here: its ports, its check in the
-// agent and its meshx-proxy's published state.
-func Status(ctx context.Context, env Env, asJSON bool) error {
+// StatusOptions say how `meshx-init status` shows the services.
+type StatusOptions struct {
+	JSON  bool // JSON instead of a table
+	Color bool // colour each check's status (the output is a terminal that wants it)
+	// Watch, when positive, refreshes the output at this interval until ctx
+	// ends; zero shows it once.
+	Watch time.Duration
+	// Clear clears the screen before each refresh (the output is a
+	// terminal); otherwise refreshes follow each other, a blank line apart.
+	Clear bool
+}
+
+// Status shows every service meshx owns here: its ports, its check in the
+// agent and its meshx-proxy's published state; with o.Watch, again and again
+// until ctx ends (which is no error).
+func Status(ctx context.Context, env Env, o StatusOptions) error {
+	for first := true; ; first = false {
+		rows, err := StatusRows(ctx, env)
+		if err != nil {
+			return err
+		}
+		switch {
+		case o.Watch > 0 && o.Clear:
+			fmt.Fprintf(env.Stdout, "%s%s every %s (Ctrl-C ends)\n\n", clearScreen, time.Now().Format(time.TimeOnly), o.Watch)
+		case o.Watch > 0 && !first:
+			fmt.Fprintln(env.Stdout)
+		}
+		if err := WriteStatus(env.Stdout, rows, o); err != nil {
+			return err
+		}
+		if o.Watch <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(o.Watch):
+		}
+	}
+}
+
+// clearScreen moves the cursor home and clears a terminal (ECMA-48).
+const clearScreen = "\x1b[H\x1b[2J"
+
+// StatusRows reads the status of every service meshx owns here.
+func StatusRows(ctx context.Context, env Env) ([]Row, error) {
 	g, err := config.LoadGlobal(config.ConfigPath(env.Dirs.Config))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	names, err := env.Dirs.PlanNames()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	checks := map[string]*api.AgentCheck{}
 	agentErr := ""
@@ -58,7 +104,7 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 	for _, n := range names {
 		pl, err := env.Dirs.LoadPlan(n)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		r := Row{Service: pl.Name, ID: pl.ID, Port: pl.Port, Upstreams: pl.Upstreams, Metrics: pl.MetricsAddress, Check: "absent"}
 		if c := checks[pl.CheckID]; c != nil {
@@ -71,12 +117,28 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 		}
 		rows = append(rows, r)
 	}
-	if asJSON {
-		enc := json.NewEncoder(env.Stdout)
+	return rows, nil
+}
+
+// checkColors are the SGR colours of the check states: green, yellow, red.
+var checkColors = map[string]string{
+	api.HealthPassing:  "\x1b[32m",
+	api.HealthWarning:  "\x1b[33m",
+	api.HealthCritical: "\x1b[31m",
+}
+
+const colorReset = "\x1b[0m"
+
+// WriteStatus writes rows as JSON or as a table, its CHECK column coloured
+// when o.Color.
+func WriteStatus(w io.Writer, rows []Row, o StatusOptions) error {
+	if o.JSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
-	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tID\tPORT\tUPSTREAMS\tMETRICS\tCHECK\tMESHX-PROXY\tPROXY PID\tRESTARTS")
 	for _, r := range rows {
 		ups := make([]string, len(r.Upstreams))
@@ -86,7 +148,31 @@ func Status(ctx context.Context, env Env, asJSON bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", r.Service, r.ID, r.Port, orDash(strings.Join(ups, ",")),
 			orDash(r.Metrics), r.Check, pidText(r.PID), pidText(r.ProxyPID), r.Restarts)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	table := buf.String()
+	if o.Color {
+		table = colorChecks(table, rows)
+	}
+	_, err := io.WriteString(w, table)
+	return err
+}
+
+// colorChecks colours each row's check state in a laid-out table, after the
+// layout, so the escape codes do not count as width.
+func colorChecks(table string, rows []Row) string {
+	lines := strings.SplitAfter(table, "\n")
+	col := strings.Index(lines[0], "CHECK")
+	for i, r := range rows {
+		l := lines[i+1]
+		c, ok := checkColors[r.Check]
+		if !ok || !strings.HasPrefix(l[min(col, len(l)):], r.Check+" ") {
+			continue
+		}
+		lines[i+1] = l[:col] + c + r.Check + colorReset + l[col+len(r.Check):]
+	}
+	return strings.Join(lines, "")
 }
 
 func orDash(s string) string {

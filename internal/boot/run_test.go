@@ -187,7 +187,7 @@ func TestStatusWithFakeAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Reset()
-	if err := Status(ctx, env, false); err != nil {
+	if err := Status(ctx, env, StatusOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -202,7 +202,7 @@ func TestStatusWithFakeAgent(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := Status(ctx, env, true); err != nil {
+	if err := Status(ctx, env, StatusOptions{JSON: true}); err != nil {
 		t.Fatal(err)
 	}
 	var rows []Row
@@ -212,7 +212,7 @@ func TestStatusWithFakeAgent(t *testing.T) {
 
 	ag.SetDown(agenttest.ErrDown)
 	out.Reset()
-	if err := Status(ctx, env, true); err != nil {
+	if err := Status(ctx, env, StatusOptions{JSON: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(out.Bytes(), &rows); err != nil || !strings.HasPrefix(rows[0].Check, "unknown (agent: ") {

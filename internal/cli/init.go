@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshx/meshx/internal/boot"
+	"github.com/meshx/meshx/internal/term"
 )
 
 // InitMain is meshx-init.
@@ -165,16 +167,32 @@ service and stays up until SIGINT or SIGTERM (hosts without systemd).`,
 }
 
 func statusCmd(env envFunc) *cobra.Command {
-	var asJSON bool
+	var o boot.StatusOptions
+	var watch bool
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "One row per owned service: id, ports, check, meshx-proxy and proxy pids, restarts",
-		Args:  exactArgs(0, "no arguments"),
+		Long: `status shows one row per service meshx owns here: its id and ports, its check
+in the agent, its meshx-proxy's and proxy's pids and the proxy's restarts.
+
+On a terminal the check's state is coloured (unless NO_COLOR is set); piped,
+the output has no colour codes. With --watch it refreshes every --interval
+until Ctrl-C: on a terminal in place, piped one table after another.`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, _ []string) error {
-			return boot.Status(c.Context(), e, asJSON)
+			if !watch {
+				o.Watch = 0
+			} else if o.Watch <= 0 {
+				return usageError{fmt.Errorf("--interval must be positive, not %s", o.Watch)}
+			}
+			o.Color = term.Color(e.Stdout)
+			o.Clear = watch && term.IsTerminal(e.Stdout)
+			return boot.Status(c.Context(), e, o)
 		}),
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
+	c.Flags().BoolVar(&watch, "watch", false, "refresh until Ctrl-C")
+	c.Flags().DurationVar(&o.Watch, "interval", 2*time.Second, "how often --watch refreshes")
 	return c
 }
 

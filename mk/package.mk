@@ -1,7 +1,6 @@
 # `make package`: builds dist/meshx_<version>_amd64.deb with nfpm, pinned in
-# tools/nfpm and built once into $(MESHX_CACHE) (like scripts/build-consul.sh
-# does for Consul). `make package-lint` runs lintian on it (no errors or
-# warnings allowed). `make rpm` builds the RPM for RHEL-family images from the
+# tools/nfpm and built once into $(MESHX_CACHE) by scripts/build-tool.sh.
+# `make package-lint` runs lintian on it (no errors or warnings allowed). `make rpm` builds the RPM for RHEL-family images from the
 # same nfpm config, dist/meshx-<version>-1.x86_64.rpm; `make rpm-lint` runs
 # rpmlint on it (no errors or warnings allowed; packaging/rpmlintrc says why
 # each filter is there). Each prints the package's path as its last line.
@@ -73,8 +72,7 @@ rpm-lint: rpm
 
 nfpm: $(NFPM)
 
-# Version-keyed cache path: built once per pinned version.
+# Version-keyed cache path: built once per pinned version, by the script that
+# builds every pinned tool (the path it prints is $(NFPM)).
 $(NFPM):
-	mkdir -p $(dir $@)
-	cd tools/nfpm && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o $@.tmp github.com/goreleaser/nfpm/v2/cmd/nfpm
-	mv $@.tmp $@
+	MESHX_CACHE=$(MESHX_CACHE) ./scripts/build-tool.sh nfpm github.com/goreleaser/nfpm/v2 github.com/goreleaser/nfpm/v2/cmd/nfpm >/dev/null

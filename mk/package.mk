@@ -1,9 +1,10 @@
 # `make package`: builds dist/meshx_<version>_amd64.deb with nfpm, pinned in
 # tools/nfpm and built once into $(MESHX_CACHE) by scripts/build-tool.sh.
 # `make package-lint` runs lintian on it (no errors or warnings allowed).
-# `make rpm` builds the RPM for RHEL-family images from the same nfpm config, dist/meshx-<version>-1.x86_64.rpm; `make rpm-lint` runs
-# rpmlint on it (no errors or warnings allowed; packaging/rpmlintrc says why
-# each filter is there). Each prints the package's path as its last line.
+# `make rpm` builds the RPM for RHEL-family images from the same nfpm config,
+# dist/meshx-<version>-1.x86_64.rpm; `make rpm-lint` runs rpmlint on it (no
+# errors or warnings allowed; packaging/rpmlintrc says why each filter is
+# there). Each prints the package's path as its last line.
 # Included by the Makefile.
 #
 # The package's binaries are a release build of ./cmd/meshx-init and

@@ -32,6 +32,10 @@ step "lint: gofmt, go mod tidy, staticcheck"
 ./scripts/lint.sh
 step "unit tests (race detector)"
 go test -race -count=1 ./internal/...
+step "fuzzing each decoder (bounded: \$MESHX_FUZZTIME each, default 10s)"
+for target in internal/config:FuzzParse internal/config:FuzzParseGlobal internal/config:FuzzParseUpstream internal/plan:FuzzBuild; do
+	go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${MESHX_FUZZTIME:-10s}" "./${target%%:*}"
+done
 step "integration and system tests"
 go test -count=1 -timeout 60m -p 1 ./test/...
 step "done"

@@ -375,25 +375,31 @@ func (top *topology) members(t *testing.T) map[string]string {
 // as coming from its own loopback (its sidecar).
 func (top *topology) checkMeshPath(t *testing.T) {
 	t.Helper()
-	var sc []struct {
-		Address, ServiceAddress, ServiceID string
-		ServicePort                        int
+	// web's service-config says address: 127.0.0.1 (where its app listens);
+	// the catalog must give the web host's address for web and its sidecar.
+	var addr string
+	var port int
+	for _, name := range []string{"web", "web-sidecar-proxy"} {
+		var sc []struct {
+			Address, ServiceAddress, ServiceID string
+			ServicePort                        int
+		}
+		out, err := top.consulAPI("GET", "/v1/catalog/service/"+name, "")
+		if err == nil {
+			err = json.Unmarshal([]byte(out), &sc)
+		}
+		if err != nil || len(sc) != 1 {
+			t.Fatalf("%s in the catalog: %v %s", name, err, out)
+		}
+		addr, port = sc[0].ServiceAddress, sc[0].ServicePort
+		if addr == "" {
+			addr = sc[0].Address
+		}
+		if addr != webAddr {
+			t.Errorf("%s is advertised at %s (service address %q), want the web host's private address %s", name, addr, sc[0].ServiceAddress, webAddr)
+		}
 	}
-	out, err := top.consulAPI("GET", "/v1/catalog/service/web-sidecar-proxy", "")
-	if err == nil {
-		err = json.Unmarshal([]byte(out), &sc)
-	}
-	if err != nil || len(sc) != 1 {
-		t.Fatalf("web's sidecar in the catalog: %v %s", err, out)
-	}
-	addr := sc[0].ServiceAddress
-	if addr == "" {
-		addr = sc[0].Address
-	}
-	if addr != webAddr {
-		t.Errorf("web's sidecar is reached at %s, want the web host's private address %s", addr, webAddr)
-	}
-	sidecar := fmt.Sprintf("%s:%d", addr, sc[0].ServicePort)
+	sidecar := fmt.Sprintf("%s:%d", addr, port)
 
 	if _, code, _ := nsExec(top.client.Name, 10*time.Second, "curl", "-sS", "--max-time", "3", "http://"+webAddr+":8080/"); code == 0 {
 		t.Errorf("web's app answers on %s:8080 from the client host: it must be reachable through its sidecar only", webAddr)

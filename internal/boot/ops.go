@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -51,8 +52,10 @@ type StatusOptions struct {
 // agent and its meshx-proxy's published state; with o.Watch, again and again
 // until ctx ends (which is no error).
 func Status(ctx context.Context, env Env, o StatusOptions) error {
+	var ag statusAgent // one login for every refresh, logged out at the end
+	defer ag.close()
 	for first := true; ; first = false {
-		rows, err := StatusRows(ctx, env)
+		rows, err := ag.rows(ctx, env)
 		if err != nil {
 			return err
 		}
@@ -79,8 +82,43 @@ func Status(ctx context.Context, env Env, o StatusOptions) error {
 // clearScreen moves the cursor home and clears a terminal (ECMA-48).
 const clearScreen = "\x1b[H\x1b[2J"
 
+// statusAgent keeps Status's agent client across refreshes while meshx.yaml's
+// consul section stays the same: with consul.login, --watch logs in once,
+// not at every refresh.
+type statusAgent struct {
+	c      config.Consul
+	cl     register.Agent
+	logout func()
+}
+
+func (a *statusAgent) get(ctx context.Context, env Env, c config.Consul) (register.Agent, error) {
+	if a.cl != nil && reflect.DeepEqual(a.c, c) {
+		return a.cl, nil
+	}
+	a.close()
+	cl, logout, err := agentClient(ctx, env, c, 0)
+	if err != nil {
+		return nil, err
+	}
+	a.c, a.cl, a.logout = c, cl, logout
+	return cl, nil
+}
+
+func (a *statusAgent) close() {
+	if a.logout != nil {
+		a.logout()
+	}
+	a.cl, a.logout = nil, nil
+}
+
 // StatusRows reads the status of every service meshx owns here.
 func StatusRows(ctx context.Context, env Env) ([]Row, error) {
+	var ag statusAgent
+	defer ag.close()
+	return ag.rows(ctx, env)
+}
+
+func (a *statusAgent) rows(ctx context.Context, env Env) ([]Row, error) {
 	g, err := config.LoadGlobal(config.ConfigPath(env.Dirs.Config))
 	if err != nil {
 		return nil, err
@@ -91,14 +129,12 @@ func StatusRows(ctx context.Context, env Env) ([]Row, error) {
 	}
 	checks := map[string]*api.AgentCheck{}
 	agentErr := ""
-	if cl, logout, err := agentClient(ctx, env, g.Consul, 0); err != nil {
+	if cl, err := a.get(ctx, env, g.Consul); err != nil {
 		agentErr = err.Error()
-	} else {
-		if checks, err = CheckStatus(ctx, cl); err != nil {
-			agentErr = err.Error()
-			checks = map[string]*api.AgentCheck{}
-		}
-		logout()
+	} else if checks, err = CheckStatus(ctx, cl); err != nil {
+		agentErr = err.Error()
+		checks = map[string]*api.AgentCheck{}
+		a.close() // a refused token: log in again next time
 	}
 	rows := []Row{} // "[]", not "null", in JSON when meshx owns nothing
 	for _, n := range names {

@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -86,6 +87,31 @@ func TestACLLoginInit(t *testing.T) {
 	}
 	if toks := lh.loginTokens(t); len(toks) != 0 {
 		t.Errorf("meshx-init left %d login token(s) behind", len(toks))
+	}
+
+	// status --watch logs in once for all its refreshes, and out at Ctrl-C.
+	var out testutil.SyncBuffer
+	watch := exec.Command(filepath.Join(binDir, "meshx-init"), append(lh.flags(), "status", "--watch", "--interval", "100ms")...)
+	watch.Stdout, watch.Stderr = &out, &out
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = watch.Wait(); close(done) }()
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if n := strings.Count(out.String(), "SERVICE"); n < 10 {
+			return fmt.Errorf("%d refreshes so far", n)
+		}
+		return nil
+	})
+	if toks := lh.loginTokens(t); len(toks) != 1 || !strings.Contains(out.String(), "passing") && !strings.Contains(out.String(), "critical") {
+		t.Errorf("status --watch: %d login tokens after 10 refreshes, want 1; output:\n%.1000s", len(toks), out.String())
+	}
+	if !testutil.Interrupt(watch.Process, done, 10*time.Second) {
+		t.Fatal("status --watch did not stop at SIGINT")
+	}
+	if toks := lh.loginTokens(t); len(toks) != 0 {
+		t.Errorf("status --watch left %d login token(s) behind", len(toks))
 	}
 
 	expired := lh.iss.ServiceJWT(t, "web", time.Now().Add(-10*time.Minute))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -164,9 +165,39 @@ func registerAll(ctx context.Context, env Env, r *register.Registrar, plans []*p
 // forgets their plans and ports. A service whose file still exists but is
 // broken now is left alone: its last good registration keeps serving.
 func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
+	stale, err := staleServices(ctx, env, l, r)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range stale {
+		if s.Plan != nil {
+			errs = append(errs, forget(ctx, env, l, r, s.Plan))
+			continue
+		}
+		env.Log.Info("deregistering an owned service "+s.Reason, "service_id", s.ID)
+		errs = append(errs, r.Deregister(ctx, s.ID, plan.SidecarID(s.ID)))
+	}
+	errs = append(errs, releaseOrphans(env, l))
+	return errors.Join(errs...)
+}
+
+// staleService is a service meshx owns here that a run removes.
+type staleService struct {
+	ID, Name string
+	Reason   string     // why, for people: "with no config", "under an old id (now web-h2)"
+	Plan     *plan.Plan // its plan when its service-config is gone (forget it all); nil: deregister only
+}
+
+// staleServices lists what gc removes: services whose service-config is
+// gone, and owned registrations without any plan (state dir wiped) or under an
+// id the service no longer has (service.id or hostname template changed).
+func staleServices(ctx context.Context, env Env, l *Loaded, r *register.Registrar) ([]staleService, error) {
 	valid := map[string]bool{}
+	idOf := map[string]string{}
 	for _, pl := range l.Plans {
 		valid[pl.Name] = true
+		idOf[pl.Name] = pl.ID
 	}
 	fileGone := func(file string) bool {
 		_, err := os.Stat(file)
@@ -174,13 +205,13 @@ func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
 	}
 	names, err := env.Dirs.PlanNames()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var errs []error
 	owned, err := r.OwnedServices(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var out []staleService
 	for _, name := range names {
 		if valid[name] {
 			continue
@@ -189,33 +220,24 @@ func gc(ctx context.Context, env Env, l *Loaded, r *register.Registrar) error {
 		if err != nil || !fileGone(pl.File) {
 			continue
 		}
-		errs = append(errs, forget(ctx, env, l, r, pl))
+		out = append(out, staleService{ID: pl.ID, Name: pl.Name, Reason: "whose config is gone", Plan: pl})
 		delete(owned, pl.ID)
 	}
-	// Owned registrations without any plan (state dir wiped), or under an id
-	// the service no longer has (service.id or hostname template changed):
-	// gone too.
-	idOf := map[string]string{}
-	for _, pl := range l.Plans {
-		idOf[pl.Name] = pl.ID
-	}
-	for id, s := range owned {
-		name := s.Meta[plan.MetaName]
+	ids := slices.Sorted(maps.Keys(owned))
+	for _, id := range ids {
+		name := owned[id].Meta[plan.MetaName]
 		if valid[name] {
 			if idOf[name] != id {
-				env.Log.Info("deregistering an owned service under an old id", "service_id", id, "now", idOf[name])
-				errs = append(errs, r.Deregister(ctx, id, plan.SidecarID(id)))
+				out = append(out, staleService{ID: id, Name: name, Reason: "under an old id (now " + idOf[name] + ")"})
 			}
 			continue
 		}
 		if _, err := env.Dirs.LoadPlan(name); err == nil {
 			continue // a broken file's last good plan
 		}
-		env.Log.Info("deregistering an owned service with no config", "service_id", id)
-		errs = append(errs, r.Deregister(ctx, id, plan.SidecarID(id)))
+		out = append(out, staleService{ID: id, Name: name, Reason: "with no config"})
 	}
-	errs = append(errs, releaseOrphans(env, l))
-	return errors.Join(errs...)
+	return out, nil
 }
 
 // releaseOrphans releases allocated ports that no service holds: neither a

@@ -104,10 +104,23 @@ func validateCmd(env envFunc) *cobra.Command {
 }
 
 func renderCmd(env envFunc) *cobra.Command {
-	return &cobra.Command{
+	var diff bool
+	c := &cobra.Command{
 		Use:   "render [service...]",
 		Short: "Print each service's final registration JSON and proxy argv; change nothing",
+		Long: `render prints, for each service (or those named), the registration meshx
+would send to the agent and the proxy argv meshx-proxy would run. It changes
+nothing.
+
+With --diff it asks the agent instead and prints what "meshx-init run" would
+change there: for each service "register", "update", "unchanged" or "refused"
+(registered by someone else), and the fields that would change
+("+ field: new", "- field: old", "~ field: old -> new"); then each owned
+registration a run would deregister.`,
 		RunE: withEnv(env, func(c *cobra.Command, e boot.Env, args []string) error {
+			if diff {
+				return boot.Diff(c.Context(), e, args)
+			}
 			l, err := boot.Load(e, true)
 			if err != nil {
 				return err
@@ -134,6 +147,8 @@ func renderCmd(env envFunc) *cobra.Command {
 			return nil
 		}),
 	}
+	c.Flags().BoolVar(&diff, "diff", false, "show what a run would change against what the agent has")
+	return c
 }
 
 func runCmd(env envFunc, g *globals) *cobra.Command {

@@ -14,20 +14,28 @@ import (
 	"github.com/meshx/meshx/internal/testutil"
 )
 
-// agentHost is a host whose meshx.yaml points at a real dev agent, with web
-// registered by `meshx-init run` (its TTL check critical until heartbeated).
-func agentHost(t *testing.T) (*host, *api.Client) {
+// withAgent is a host whose meshx.yaml (hostname h1, ports from 30000)
+// points at a real dev agent of its own, and a client of that agent.
+func withAgent(t *testing.T) (*host, *api.Client) {
 	t.Helper()
 	c := testutil.StartConsul(t, "")
 	h := newHost(t)
-	h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: \"http://%s\"}\nhostname: h1\n", c.HTTPAddr))
-	h.write("services.d/web.yaml", "version: 1\nservice: {name: web, port: 8080}\n")
-	if r := run(t, initMain, h.flags("run", "--systemd=no")...); r.code != ExitOK {
-		t.Fatalf("meshx-init run: exit %d", r.code)
-	}
+	h.write("meshx.yaml", fmt.Sprintf("version: 1\nconsul: {address: \"http://%s\"}\nhostname: h1\nports: {range: \"30000-30049\"}\n", c.HTTPAddr))
 	cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr})
 	if err != nil {
 		t.Fatal(err)
+	}
+	return h, cl
+}
+
+// agentHost is withAgent with web registered by `meshx-init run` (its TTL
+// check critical until heartbeated).
+func agentHost(t *testing.T) (*host, *api.Client) {
+	t.Helper()
+	h, cl := withAgent(t)
+	h.write("services.d/web.yaml", "version: 1\nservice: {name: web, port: 8080}\n")
+	if r := run(t, initMain, h.flags("run", "--systemd=no")...); r.code != ExitOK {
+		t.Fatalf("meshx-init run: exit %d", r.code)
 	}
 	return h, cl
 }

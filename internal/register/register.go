@@ -49,34 +49,12 @@ func (r *Registrar) Ensure(ctx context.Context, pl *plan.Plan, status string, fo
 // across a registration, so a caller that needs it critical can tell whether
 // it must write it.
 func (r *Registrar) EnsureCheck(ctx context.Context, pl *plan.Plan, status string, force bool) (Result, string, error) {
-	q := (&api.QueryOptions{}).WithContext(ctx)
-	// Ask for this service, its sidecar and its check only: listing everything
-	// for each of N services would cost O(N^2) at boot.
-	cur, err := r.service(pl.ID, q)
+	res, check, err := r.decide(ctx, pl, force)
 	if err != nil {
 		return "", "", err
 	}
-	exists := cur != nil
-	if exists && !r.Owned(cur) && !force {
-		return "", "", fmt.Errorf("register %s: %w (meta %s=%q, %s=%q); use --force to take it over",
-			pl.ID, ErrNotOwned, plan.MetaManaged, cur.Meta[plan.MetaManaged], plan.MetaHost, cur.Meta[plan.MetaHost])
-	}
-	var check *api.AgentCheck
-	if exists {
-		checks, err := r.Agent.ChecksWithFilterOpts(fmt.Sprintf("CheckID == %q", pl.CheckID), q)
-		if err != nil {
-			return "", "", fmt.Errorf("read check %s: %w", pl.CheckID, err)
-		}
-		check = checks[pl.CheckID]
-	}
-	if exists && check != nil && r.Owned(cur) && cur.Meta[plan.MetaHash] == pl.Hash {
-		side, err := r.service(pl.SidecarID, q)
-		if err != nil {
-			return "", "", err
-		}
-		if side != nil {
-			return Unchanged, check.Status, nil
-		}
+	if res == Unchanged {
+		return Unchanged, check.Status, nil
 	}
 	if status == "" {
 		status = api.HealthCritical
@@ -91,10 +69,48 @@ func (r *Registrar) EnsureCheck(ctx context.Context, pl *plan.Plan, status strin
 	if err := r.Register(ctx, pl, status); err != nil {
 		return "", "", err
 	}
-	if exists {
-		return Updated, after, nil
+	return res, after, nil
+}
+
+// Would says what Ensure would do for pl (ErrNotOwned included), changing
+// nothing: `meshx-init render --diff`.
+func (r *Registrar) Would(ctx context.Context, pl *plan.Plan, force bool) (Result, error) {
+	res, _, err := r.decide(ctx, pl, force)
+	return res, err
+}
+
+// decide says what Ensure does for pl, and returns the TTL check the agent
+// holds (nil when none).
+func (r *Registrar) decide(ctx context.Context, pl *plan.Plan, force bool) (Result, *api.AgentCheck, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	// Ask for this service, its sidecar and its check only: listing everything
+	// for each of N services would cost O(N^2) at boot.
+	cur, err := r.service(pl.ID, q)
+	if err != nil {
+		return "", nil, err
 	}
-	return Registered, after, nil
+	if cur == nil {
+		return Registered, nil, nil
+	}
+	if !r.Owned(cur) && !force {
+		return "", nil, fmt.Errorf("register %s: %w (meta %s=%q, %s=%q); use --force to take it over",
+			pl.ID, ErrNotOwned, plan.MetaManaged, cur.Meta[plan.MetaManaged], plan.MetaHost, cur.Meta[plan.MetaHost])
+	}
+	checks, err := r.Agent.ChecksWithFilterOpts(fmt.Sprintf("CheckID == %q", pl.CheckID), q)
+	if err != nil {
+		return "", nil, fmt.Errorf("read check %s: %w", pl.CheckID, err)
+	}
+	check := checks[pl.CheckID]
+	if check != nil && r.Owned(cur) && cur.Meta[plan.MetaHash] == pl.Hash {
+		side, err := r.service(pl.SidecarID, q)
+		if err != nil {
+			return "", nil, err
+		}
+		if side != nil {
+			return Unchanged, check, nil
+		}
+	}
+	return Updated, check, nil
 }
 
 // Register sends pl to the agent whatever it holds, its TTL check with the
@@ -130,6 +146,11 @@ func (r *Registrar) DeregisterOwned(ctx context.Context, id, sidecarID string) e
 		return nil
 	}
 	return r.Deregister(ctx, id, sidecarID)
+}
+
+// Lookup returns the agent's service id, or nil when it has none.
+func (r *Registrar) Lookup(ctx context.Context, id string) (*api.AgentService, error) {
+	return r.service(id, (&api.QueryOptions{}).WithContext(ctx))
 }
 
 // service returns the agent's service id, or nil when it has none.

@@ -121,6 +121,17 @@ func nested(depth int) string {
 	return strings.Repeat("{a: ", depth) + "1" + strings.Repeat("}", depth)
 }
 
+// laughs is a mapping whose aliases expand to 10^n items ("billion laughs").
+func laughs(n int) string {
+	var b strings.Builder
+	b.WriteString("  Meta:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n")
+	for i := 1; i < n; i++ {
+		ref := fmt.Sprintf("*a%d", i-1)
+		fmt.Fprintf(&b, "    a%d: &a%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(ref+", ", 10), ", "))
+	}
+	return b.String()
+}
+
 // Cases returns the corpus.
 func Cases() []Case {
 	long := strings.Repeat("x", 600)
@@ -357,6 +368,7 @@ func Cases() []Case {
 		svc("upstreams too many", head+lines("upstreams:\n", "  - {name: u%d, port: %d}\n", 257), ":4: upstreams: 257 upstreams; at most 256"),
 		svc("nested too deep", reg("  Meta: "+nested(40)+"\n"), ":5: registration.Meta.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: nested deeper than 32 levels"),
 		svcJSON("JSON nested too deep", strings.Repeat("{\"a\": ", 40)+"1"+strings.Repeat("}", 40), ":1: a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: nested deeper than 32 levels"),
+		svc("aliases expanding exponentially", reg(laughs(9)), ":14: document contains excessive aliasing"),
 		svc("file too large", head+strings.Repeat("# padding padding padding padding\n", 8000), ": file is larger than 262144 bytes"),
 		global("meshx.yaml too large", "version: 1\n"+strings.Repeat("# padding padding padding padding\n", 8000), ": file is larger than 262144 bytes"),
 		svc("upstreams exceed the port range", head+lines("upstreams:\n", "  - {name: u%d}\n", 60), ":4: upstreams: needs 63 ports from the range"),

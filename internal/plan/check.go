@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -119,6 +120,9 @@ func checkCheck(c *api.AgentServiceCheck, f string, at atFunc) {
 		at(f, "must be a mapping, not null")
 		return
 	}
+	if strings.HasPrefix(c.CheckID, "meshx-") {
+		at(f+".CheckID", "the check id prefix \"meshx-\" is meshx's own (its heartbeat is meshx-ttl:<id>)")
+	}
 	var kinds []string
 	for _, k := range []struct {
 		name string
@@ -201,12 +205,28 @@ func checkProxy(px *api.AgentServiceConnectProxyConfig, f string, at atFunc) {
 			at(f+".LocalServiceAddress", "must be an IP address the sidecar reaches the app at, not %q", px.LocalServiceAddress)
 		}
 	}
+	bound := map[string]int{}
 	for i, u := range px.Upstreams {
 		uf := fmt.Sprintf("%s.Upstreams[%d]", f, i)
+		switch u.DestinationType {
+		case "", api.UpstreamDestTypeService, api.UpstreamDestTypePreparedQuery:
+		default:
+			at(uf+".DestinationType", "must be service or prepared_query, not %q", u.DestinationType)
+		}
 		if u.DestinationType != api.UpstreamDestTypePreparedQuery && !config.ValidName(u.DestinationName) {
 			at(uf+".DestinationName", "invalid upstream name %q", u.DestinationName)
 		}
-		checkPort(u.LocalBindPort, uf+".LocalBindPort", at)
+		if u.LocalBindSocketPath == "" && (u.LocalBindPort < 1 || u.LocalBindPort > 65535) {
+			at(uf+".LocalBindPort", "port %d out of range 1-65535", u.LocalBindPort)
+		}
+		where := net.JoinHostPort(u.LocalBindAddress, strconv.Itoa(u.LocalBindPort))
+		if u.LocalBindSocketPath != "" {
+			where = u.LocalBindSocketPath
+		}
+		if j, dup := bound[where]; dup {
+			at(uf+".LocalBindPort", "%s is also the local listener of upstream %d (%s)", where, j+1, px.Upstreams[j].DestinationName)
+		}
+		bound[where] = i
 		if u.LocalBindAddress != "" {
 			if a, err := netip.ParseAddr(u.LocalBindAddress); err != nil || a.IsMulticast() {
 				at(uf+".LocalBindAddress", "must be an IP address of this host, not %q", u.LocalBindAddress)

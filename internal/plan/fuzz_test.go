@@ -41,6 +41,12 @@ func FuzzBuild(f *testing.F) {
 		}
 		for _, pl := range plans {
 			reg := *pl.Registration
+			reg.Checks = nil
+			for _, c := range pl.Registration.Checks {
+				if c.CheckID != pl.CheckID { // meshx's own heartbeat, added after the checks
+					reg.Checks = append(reg.Checks, c)
+				}
+			}
 			reg.Meta = map[string]string{}
 			for k, v := range pl.Registration.Meta {
 				if !strings.HasPrefix(k, "meshx-") { // meshx's own, added after the checks

@@ -55,8 +55,7 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 	for _, s := range slices.Clone(set.Services) {
 		hh := h
 		hh.ExtraUpstreams = extra[s.Name]
-		// Every port set, none real.
-		_, err := Build(s, hh, needsOf(s, h, extra[s.Name]).fill(func(string) int { return 1 }))
+		_, err := Build(s, hh, needsOf(s, h, extra[s.Name]).fill(placeholder(s, extra[s.Name])))
 		var fe *FieldError
 		if errors.As(err, &fe) && fe.Global {
 			return nil, h.Global.Problem(fe.Field, "%s", fe.Msg)
@@ -81,6 +80,22 @@ func BuildAll(set *config.Set, h Host, extra map[string][]config.Upstream, alloc
 		plans = append(plans, pl)
 	}
 	return plans, nil
+}
+
+// placeholder hands out ports for a dry render: every port set, none real,
+// each distinct and clear of the ports the service fixes, as the allocator's
+// would be.
+func placeholder(s *config.Service, extra []config.Upstream) func(string) int {
+	fixed := map[int]bool{s.Port: true}
+	for _, u := range upstreams(s, extra) {
+		fixed[u.Port] = true
+	}
+	next := 0
+	return func(string) int {
+		for next++; fixed[next]; next++ {
+		}
+		return next
+	}
 }
 
 // SidecarID is the id of the sidecar of the service id: Consul's default,

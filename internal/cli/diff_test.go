@@ -85,3 +85,17 @@ func TestRenderDiff(t *testing.T) {
 	}
 	testutil.Golden(t, filepath.Join("testdata", "render-diff.golden"), []byte(golden.String()))
 }
+
+// TestRenderDiffAgentUnreachable: without an agent to compare with, --diff
+// fails (exit 1) and says why; plain render needs no agent.
+func TestRenderDiffAgentUnreachable(t *testing.T) {
+	h := newHost(t) // its agent address has no agent
+	h.write("services.d/web.yaml", "version: 1\nservice: {name: web, port: 8080}\n")
+	r := run(t, initMain, h.flags("render", "--diff")...)
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "connection refused") {
+		t.Errorf("render --diff without an agent: exit %d, stderr %q; want 1 and why", r.code, r.stderr)
+	}
+	if r := run(t, initMain, h.flags("render")...); r.code != ExitOK {
+		t.Errorf("render without an agent: exit %d", r.code)
+	}
+}

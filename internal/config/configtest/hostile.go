@@ -94,6 +94,16 @@ func secretLink(dir, path string) error {
 	return os.Symlink(tok, path)
 }
 
+// withService adds a valid service-config, so that meshx.yaml's default
+// registration is rendered.
+func withService(dir, _ string) error {
+	p := filepath.Join(dir, "services.d", "web.yaml")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte("version: 1\nservice: {name: web}\n"), 0o644)
+}
+
 // mkdir makes a directory at dir/rel.
 func mkdir(rel string) func(dir, path string) error {
 	return func(dir, _ string) error { return os.MkdirAll(filepath.Join(dir, rel), 0o755) }
@@ -353,6 +363,12 @@ func Cases() []Case {
 		global("range with a fraction", "version: 1\nports:\n  range: 20000.5-20010\n", ":3: ports.range: write the range as LOW-HIGH"),
 		global("range overlapping Consul", "version: 1\nports:\n  range: 21000-21100\n", ":3: ports.range: port range 21000-21100 overlaps Consul's sidecar proxy ports"),
 		global("range a number", "version: 1\nports:\n  range: 20000\n", ":3: ports.range: must be a string, not the number 20000"),
+		with(global("defaults registration weights zero", "version: 1\ndefaults:\n  registration:\n    Weights: {Passing: 0}\n",
+			":4: defaults.registration.Weights.Passing: must be 1-65535, not 0"), withService),
+		with(global("defaults registration address loopback", "version: 1\ndefaults:\n  registration:\n    Address: \"{{address}}\"\n",
+			":4: defaults.registration.Address: \"127.0.0.1\" is a loopback address"), withService),
+		with(global("defaults registration tag empty", "version: 1\ndefaults:\n  registration:\n    Tags: [\"\"]\n",
+			":4: defaults.registration.Tags[0]: invalid tag"), withService),
 		global("meshx.yaml version with a fraction", "version: 1.5\n", ":1: version: must be a whole number, not the number 1.5"),
 
 		// Durations and sizes beyond the documented limits.

@@ -81,10 +81,10 @@ func validHost(h string) bool {
 	return strings.Trim(labels[len(labels)-1], "0123456789") != ""
 }
 
-// checkLocalAddr returns why an IP address is refused as a local address to
+// CheckLocalAddr returns why an IP address is refused as a local address to
 // dial or bind (the app, a listener), or ""; what names it in the message.
 // With listenAll, the unspecified address (listen on all) is accepted.
-func checkLocalAddr(what, v string, listenAll bool) string {
+func CheckLocalAddr(what, v string, listenAll bool) string {
 	a, err := netip.ParseAddr(v)
 	if err != nil || a.Zone() != "" {
 		return fmt.Sprintf("invalid %s %q: write an IP address", what, v)

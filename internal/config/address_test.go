@@ -50,8 +50,8 @@ func TestAddressRules(t *testing.T) {
 			t.Errorf("Advertisable(%q) = %v, want %v", tc.in, got, tc.adv)
 		}
 		if _, err := netip.ParseAddr(tc.in); err == nil && tc.valid {
-			if got := checkLocalAddr("address", tc.in, false) != ""; got != tc.localRefuse {
-				t.Errorf("checkLocalAddr(%q) refuses: %v, want %v", tc.in, got, tc.localRefuse)
+			if got := CheckLocalAddr("address", tc.in, false) != ""; got != tc.localRefuse {
+				t.Errorf("CheckLocalAddr(%q) refuses: %v, want %v", tc.in, got, tc.localRefuse)
 			}
 		}
 	}

@@ -189,7 +189,7 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 	if m := r.Metrics; m.Enabled != nil || m.IP != "" {
 		g.Metrics.Disabled = m.Enabled != nil && !*m.Enabled
 		if m.IP != "" {
-			if msg := checkLocalAddr("address", m.IP, true); msg != "" {
+			if msg := CheckLocalAddr("address", m.IP, true); msg != "" {
 				at("metrics.ip", "%s", msg)
 			} else {
 				g.Metrics.IP = netip.MustParseAddr(m.IP)
@@ -197,7 +197,7 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 		}
 	}
 	if r.Ports.IP != "" {
-		if msg := checkLocalAddr("address", r.Ports.IP, false); msg != "" {
+		if msg := CheckLocalAddr("address", r.Ports.IP, false); msg != "" {
 			at("ports.ip", "%s", msg)
 		} else {
 			g.Ports.IP = netip.MustParseAddr(r.Ports.IP)

@@ -167,7 +167,7 @@ func (s *Service) validateUpstreams(at func(string, string, ...any)) {
 			fixed[u.Port] = i
 		}
 		if u.Address != "" {
-			if msg := checkLocalAddr("local bind address", u.Address, true); msg != "" {
+			if msg := CheckLocalAddr("local bind address", u.Address, true); msg != "" {
 				at(f+".address", "%s", msg)
 			}
 		}

@@ -200,9 +200,13 @@ func validHostPort(v string) bool {
 // and each upstream's name and local listener.
 func checkProxy(px *api.AgentServiceConnectProxyConfig, f string, at atFunc) {
 	checkPort(px.LocalServicePort, f+".LocalServicePort", at)
-	if px.LocalServiceAddress != "" {
-		if a, err := netip.ParseAddr(px.LocalServiceAddress); err == nil && (a.IsMulticast() || a.IsUnspecified()) {
-			at(f+".LocalServiceAddress", "must be an IP address the sidecar reaches the app at, not %q", px.LocalServiceAddress)
+	if a := px.LocalServiceAddress; a != "" {
+		// The app's address may be a host name (service.address); an IP
+		// must be one the sidecar can dial.
+		if _, err := netip.ParseAddr(a); err == nil {
+			if msg := config.CheckLocalAddr("address", a, false); msg != "" {
+				at(f+".LocalServiceAddress", "%s", msg)
+			}
 		}
 	}
 	bound := map[string]int{}
@@ -228,8 +232,13 @@ func checkProxy(px *api.AgentServiceConnectProxyConfig, f string, at atFunc) {
 		}
 		bound[where] = i
 		if u.LocalBindAddress != "" {
-			if a, err := netip.ParseAddr(u.LocalBindAddress); err != nil || a.IsMulticast() {
-				at(uf+".LocalBindAddress", "must be an IP address of this host, not %q", u.LocalBindAddress)
+			if msg := config.CheckLocalAddr("local bind address", u.LocalBindAddress, true); msg != "" {
+				at(uf+".LocalBindAddress", "%s", msg)
+			}
+		}
+		for _, n := range []struct{ field, v string }{{"Datacenter", u.Datacenter}, {"DestinationNamespace", u.DestinationNamespace}} {
+			if n.v != "" && !config.ValidName(n.v) {
+				at(uf+"."+n.field, "invalid %s %q", strings.ToLower(n.field), n.v)
 			}
 		}
 	}

@@ -507,7 +507,7 @@ func fileKind(m fs.FileMode) string {
 
 // meshxKeys are the top-level keys only the meshx shape has: a file with one
 // of them and no version is a meshx file that forgot its version.
-var meshxKeys = []string{"service", "check", "upstreams", "proxy", "registration", "transparent_proxy"}
+var meshxKeys = []string{"service", "check", "upstreams", "proxy", "registration", "transparent_proxy", "network"}
 
 // Parse decodes one service-config. The returned error joins every problem
 // found, each located by file, line and field; errors.Is(err, ErrInvalid)

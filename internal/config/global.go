@@ -29,6 +29,7 @@ type Global struct {
 	Hostname  string // "" = os.Hostname()
 	Defaults  Defaults
 	Metrics   Metrics
+	Network   HostNetwork
 
 	fields locs // where the file wrote each field
 }
@@ -78,6 +79,35 @@ type Metrics struct {
 	IP       netip.Addr // default 127.0.0.1
 }
 
+// HostNetwork is the host-wide setting for services with network.namespace.
+type HostNetwork struct {
+	// Subnet is where service namespaces get their addresses (IPv4). Its
+	// first address is the gateway (the host's end of every namespace's
+	// link). Default DefaultSubnet.
+	Subnet netip.Prefix
+	// HostAddress is the address registrations advertise and published ports
+	// are bound to. The zero Addr means the source address of the host's
+	// default route, found at run time.
+	HostAddress netip.Addr
+	// DNS are the nameservers written to each namespace's resolv.conf; empty
+	// means the gateway.
+	DNS []netip.Addr
+	// CNIPath is where the CNI plugins are; empty means DefaultCNIPath.
+	CNIPath []string
+}
+
+// DefaultSubnet sits in 198.18.0.0/15 (RFC 2544, benchmarking), clear of the
+// private ranges networks commonly use (10/8, 172.16/12, 192.168/16) and of
+// the shared range 100.64/10 that carrier NAT and overlay VPNs use.
+var DefaultSubnet = netip.MustParsePrefix("198.19.240.0/24")
+
+// DefaultCNIPath is where Debian's containernetworking-plugins installs
+// the plugins, then the upstream default.
+var DefaultCNIPath = []string{"/usr/lib/cni", "/opt/cni/bin"}
+
+// Gateway is the namespaces' gateway: the subnet's first address.
+func (n HostNetwork) Gateway() netip.Addr { return n.Subnet.Addr().Next() }
+
 // PortRange is where meshx allocates local ports (default ports.DefaultLow-High).
 type PortRange = ports.Range
 
@@ -123,6 +153,12 @@ type rawGlobal struct {
 		Enabled *bool  `yaml:"enabled"`
 		IP      string `yaml:"ip"`
 	} `yaml:"metrics"`
+	Network struct {
+		Subnet      string   `yaml:"subnet"`
+		HostAddress string   `yaml:"host_address"`
+		DNS         []string `yaml:"dns"`
+		CNIPath     []string `yaml:"cni_path"`
+	} `yaml:"network"`
 }
 
 // LoadGlobal reads meshx.yaml; a missing file means all defaults.
@@ -244,6 +280,7 @@ func ParseGlobal(path string, data []byte) (*Global, error) {
 		at("defaults.check.probe", "unknown probe %q (tcp or none)", d.Check.Probe)
 	}
 	checkTemplate(d.Registration, "defaults.registration", func(field, msg string) { at(field, "%s", msg) })
+	g.Network = parseNetwork(r, at)
 	g.setDefaults()
 	if err := g.Ports.Validate(); err != nil {
 		for _, e := range unjoin(err) {
@@ -294,6 +331,56 @@ func (g *Global) setDefaults() {
 	if !g.Metrics.IP.IsValid() {
 		g.Metrics.IP = netip.MustParseAddr("127.0.0.1")
 	}
+	if !g.Network.Subnet.IsValid() {
+		g.Network.Subnet = DefaultSubnet
+	}
+	if len(g.Network.DNS) == 0 {
+		g.Network.DNS = []netip.Addr{g.Network.Gateway()}
+	}
+	if len(g.Network.CNIPath) == 0 {
+		g.Network.CNIPath = DefaultCNIPath
+	}
+}
+
+// parseNetwork decodes meshx.yaml's network block; defaults come later.
+func parseNetwork(r rawGlobal, at func(field, format string, args ...any)) HostNetwork {
+	var n HostNetwork
+	rn := r.Network
+	if rn.Subnet != "" {
+		pf, err := netip.ParsePrefix(rn.Subnet)
+		switch {
+		case err != nil || !pf.Addr().Is4():
+			at("network.subnet", "not an IPv4 subnet (like %s): %q", DefaultSubnet, rn.Subnet)
+		case pf.Bits() < 16 || pf.Bits() > 29:
+			at("network.subnet", "subnet %s: the prefix length must be 16 to 29", pf)
+		case pf.Masked() != pf:
+			at("network.subnet", "subnet %s has host bits set: write %s", pf, pf.Masked())
+		default:
+			n.Subnet = pf
+		}
+	}
+	if rn.HostAddress != "" {
+		a, err := netip.ParseAddr(rn.HostAddress)
+		if err != nil || !a.Is4() || a.IsLoopback() || a.IsUnspecified() {
+			at("network.host_address", "not an IPv4 address other hosts can reach: %q", rn.HostAddress)
+		}
+		n.HostAddress = a
+	}
+	for i, d := range rn.DNS {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			at(fmt.Sprintf("network.dns[%d]", i), "not an IP address: %q", d)
+			continue
+		}
+		n.DNS = append(n.DNS, a)
+	}
+	for i, d := range rn.CNIPath {
+		if !strings.HasPrefix(d, "/") {
+			at(fmt.Sprintf("network.cni_path[%d]", i), "not an absolute path: %q", d)
+		}
+	}
+	n.CNIPath = rn.CNIPath
+	return n
 }
 
 // authMethodRE is what Consul accepts as an auth method's name.

@@ -18,6 +18,8 @@ func defaultGlobal() Global {
 		Consul:  Consul{Binary: "consul", Wait: DefaultWait},
 		Ports:   PortRange{IP: netip.MustParseAddr("127.0.0.1"), Low: ports.DefaultLow, High: ports.DefaultHigh},
 		Metrics: Metrics{IP: netip.MustParseAddr("127.0.0.1")},
+		Network: HostNetwork{Subnet: DefaultSubnet, DNS: []netip.Addr{netip.MustParseAddr("198.19.240.1")},
+			CNIPath: DefaultCNIPath},
 	}
 }
 
@@ -86,6 +88,16 @@ func TestParseGlobal(t *testing.T) {
 		{"metrics off", "version: 1\nmetrics: {enabled: false}\n", func(g *Global) { g.Metrics.Disabled = true }},
 		{"metrics on all addresses", "version: 1\nmetrics: {enabled: true, ip: 0.0.0.0}\n",
 			func(g *Global) { g.Metrics.IP = netip.MustParseAddr("0.0.0.0") }},
+		{"network", "version: 1\nnetwork:\n  subnet: 10.99.0.0/24\n  host_address: 192.0.2.7\n  dns: [10.99.0.1, 1.1.1.1]\n  cni_path: [/opt/cni/bin]\n",
+			func(g *Global) {
+				g.Network = HostNetwork{Subnet: netip.MustParsePrefix("10.99.0.0/24"), HostAddress: netip.MustParseAddr("192.0.2.7"),
+					DNS: []netip.Addr{netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("1.1.1.1")}, CNIPath: []string{"/opt/cni/bin"}}
+			}},
+		{"network subnet only: DNS follows its gateway", "version: 1\nnetwork: {subnet: 10.99.8.0/22}\n",
+			func(g *Global) {
+				g.Network.Subnet = netip.MustParsePrefix("10.99.8.0/22")
+				g.Network.DNS = []netip.Addr{netip.MustParseAddr("10.99.8.1")}
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,13 +192,24 @@ func TestParseGlobalBad(t *testing.T) {
 				"meshx.yaml:3: metrics.enabled: must be true or false, not the string \"maybe\"",
 				`meshx.yaml:4: metrics.ip: invalid address "localhost": write an IP address`,
 			}},
+		{"bad network", "version: 1\nnetwork:\n  subnet: 10.1.2.3/24\n  host_address: 127.0.0.1\n  dns: [resolver]\n  cni_path: [lib/cni]\n",
+			[]string{
+				"meshx.yaml:3: network.subnet: subnet 10.1.2.3/24 has host bits set: write 10.1.2.0/24",
+				`meshx.yaml:4: network.host_address: not an IPv4 address other hosts can reach: "127.0.0.1"`,
+				`meshx.yaml:5: network.dns[0]: not an IP address: "resolver"`,
+				`meshx.yaml:6: network.cni_path[0]: not an absolute path: "lib/cni"`,
+			}},
+		{"network subnet too big, IPv6", "version: 1\nnetwork: {subnet: 10.0.0.0/8}\n---\n",
+			[]string{"meshx.yaml:2: network.subnet: subnet 10.0.0.0/8: the prefix length must be 16 to 29"}},
+		{"network subnet IPv6", "version: 1\nnetwork:\n  subnet: fd00::/64\n",
+			[]string{`meshx.yaml:3: network.subnet: not an IPv4 subnet (like 198.19.240.0/24): "fd00::/64"`}},
 		{"every problem at once", "version: 1\nconsul:\n  address: ftp://x\n  wait: x\nports:\n  ip: x\n  range: 21000-21001\nbogus: 1\n",
 			[]string{
 				`meshx.yaml:3: consul.address: address must start with http://, https:// or unix://, not "ftp://x"`,
 				`meshx.yaml:4: consul.wait: not a duration (like 10s or 2m): "x"`,
 				`meshx.yaml:6: ports.ip: invalid address "x": write an IP address`,
 				"meshx.yaml:7: ports.range: port range 21000-21001 overlaps Consul's sidecar proxy ports 21000-21255",
-				"meshx.yaml:8: bogus: unknown field (known here: version, consul, ports, proxy_user, hostname, defaults, metrics)",
+				"meshx.yaml:8: bogus: unknown field (known here: version, consul, ports, proxy_user, hostname, defaults, metrics, network)",
 			}},
 	}
 	for _, tt := range tests {

@@ -45,6 +45,9 @@ type rawService struct {
 			Address string `yaml:"address"`
 		} `yaml:"dns"`
 	} `yaml:"transparent_proxy"`
+	Network struct {
+		Namespace bool `yaml:"namespace"`
+	} `yaml:"network"`
 }
 
 // rawServiceFields are a service's own fields as written: under "service:"
@@ -90,6 +93,7 @@ func decodeMeshx(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servi
 		s.Proxy.MaxRestarts, s.maxRestartsSet = *r.Proxy.MaxRestarts, true
 	}
 	s.Registration = r.Registration
+	s.Network.Namespace = r.Network.Namespace
 	if t := r.TransparentProxy; t != nil && t.Enabled {
 		s.Transparent = &Transparent{OutboundPort: t.OutboundPort, ExcludeInboundPorts: t.ExcludeInboundPorts,
 			ExcludeOutboundPorts: t.ExcludeOutboundPorts, ExcludeUIDs: t.ExcludeUIDs}

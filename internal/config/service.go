@@ -43,6 +43,7 @@ type Service struct {
 	// Registration is a structured template merged over the default registration.
 	Registration map[string]any
 	Transparent  *Transparent // nil = off
+	Network      Network
 
 	maxRestartsSet bool // the file wrote proxy.max_restarts
 
@@ -130,6 +131,14 @@ type Transparent struct {
 	DNS                  *DNS
 	// VirtualIP asks Consul to hand out a virtual IP (Vagrant's alpha annotation).
 	VirtualIP bool
+}
+
+// Network places the service in a network namespace of its own.
+type Network struct {
+	// Namespace: the service's meshx-proxy (and its app, through the unit
+	// lines meshx documents) run in a network namespace meshx creates with
+	// CNI; the sidecar's public port is published on the host's address.
+	Namespace bool
 }
 
 // DNS redirects the host's DNS queries to Consul DNS.

@@ -15,6 +15,10 @@ import (
 
 const annotationPrefix = "consul.hashicorp.com/"
 
+// NamespaceAnnotation is meshx's own annotation for network.namespace:
+// "true" puts the service in a network namespace of its own.
+const NamespaceAnnotation = "meshx.io/network-namespace"
+
 // flatFields are the flat shape's own fields and their normalized names.
 var flatFields = map[string]string{"name": "service.name", "id": "service.id", "address": "service.address",
 	"port": "service.port", "tags": "service.tags", "meta": "service.meta"}
@@ -123,6 +127,14 @@ func decodeAnnotations(root *yaml.Node, p *Problems) *Service {
 			} else {
 				bad("must be \"true\" or \"false\", not %q", val)
 			}
+			continue
+		}
+		if key == NamespaceAnnotation {
+			b, ok := parseBool(val)
+			if !ok {
+				bad("must be \"true\" or \"false\", not %q", val)
+			}
+			s.Network.Namespace, s.fields["network.namespace"] = b, loc
 			continue
 		}
 		if !strings.HasPrefix(key, annotationPrefix) {

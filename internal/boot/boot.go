@@ -99,24 +99,36 @@ func Load(env Env, dry bool) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := assignAddresses(po.StateDir, g, plans); err != nil {
+		return nil, err
+	}
 	return &Loaded{Global: g, Set: set, Plans: plans, Hostname: host}, nil
 }
 
-// scratchCopy copies the port state into a temp dir for a dry run.
+// scratchCopy copies the allocation state (ports, namespace addresses) into
+// a temp dir for a dry run.
 func scratchCopy(stateDir string) (string, error) {
 	dir, err := os.MkdirTemp("", "meshx-dry-")
 	if err != nil {
 		return "", err
 	}
-	b, err := os.ReadFile(filepath.Join(stateDir, ports.StateFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return dir, nil
+	for _, f := range []string{ports.StateFile, filepath.Join(filepath.Base(netnsStateDir(stateDir)), ports.StateFile)} {
+		b, err := os.ReadFile(filepath.Join(stateDir, f))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			err = os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, f), b, 0o644)
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
 	}
-	if err != nil {
-		os.RemoveAll(dir)
-		return "", err
-	}
-	return dir, os.WriteFile(filepath.Join(dir, ports.StateFile), b, 0o644)
+	return dir, nil
 }
 
 // ReportBroken logs every broken file's problems and writes them to w.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/netns"
 	"github.com/meshx/meshx/internal/plan"
 	"github.com/meshx/meshx/internal/register"
 	"github.com/meshx/meshx/internal/systemd"
@@ -34,6 +36,28 @@ type Row struct {
 	ProxyPID  int             `json:"proxy_pid,omitempty"`
 	Restarts  int             `json:"restarts"`
 	Ready     bool            `json:"ready"`
+	// Netns is the service's network namespace (network.namespace), with
+	// its address and whether it is there now.
+	Netns *NetnsRow `json:"netns,omitempty"`
+}
+
+// NetnsRow is a service's network namespace in `meshx-init status`.
+type NetnsRow struct {
+	Name      string `json:"name"`
+	Address   string `json:"address"`
+	Published []int  `json:"published"`
+	Present   bool   `json:"present"`
+}
+
+func (n *NetnsRow) String() string {
+	if n == nil {
+		return "-"
+	}
+	s := n.Name + "/" + n.Address
+	if !n.Present {
+		s += " (absent)"
+	}
+	return s
 }
 
 // StatusOptions say how `meshx-init status` shows the services.
@@ -151,6 +175,12 @@ func (a *statusAgent) rows(ctx context.Context, env Env) ([]Row, error) {
 		if st, ok := env.Dirs.LoadStatus(pl.Name); ok {
 			r.PID, r.ProxyPID, r.Restarts, r.Ready = st.PID, st.ProxyPID, st.Restarts, st.Ready
 		}
+		if n := pl.Netns; n != nil {
+			r.Netns = &NetnsRow{Name: netns.Name(pl.Name), Address: n.Address.String(), Present: netns.Exists(pl.Name)}
+			for _, p := range n.Publish {
+				r.Netns.Published = append(r.Netns.Published, p.HostPort)
+			}
+		}
 		rows = append(rows, r)
 	}
 	return rows, nil
@@ -174,15 +204,25 @@ func WriteStatus(w io.Writer, rows []Row, o StatusOptions) error {
 		return enc.Encode(rows)
 	}
 	var buf bytes.Buffer
+	// The NETNS column shows only on hosts with a namespaced service.
+	withNetns := slices.ContainsFunc(rows, func(r Row) bool { return r.Netns != nil })
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tID\tPORT\tUPSTREAMS\tMETRICS\tCHECK\tMESHX-PROXY\tPROXY PID\tRESTARTS")
+	head := "SERVICE\tID\tPORT\tUPSTREAMS\tMETRICS\tCHECK\tMESHX-PROXY\tPROXY PID\tRESTARTS"
+	if withNetns {
+		head += "\tNETNS"
+	}
+	fmt.Fprintln(tw, head)
 	for _, r := range rows {
 		ups := make([]string, len(r.Upstreams))
 		for i, u := range r.Upstreams {
 			ups[i] = u.Name + "=" + strconv.Itoa(u.Port)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", r.Service, r.ID, r.Port, orDash(strings.Join(ups, ",")),
+		line := fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d", r.Service, r.ID, r.Port, orDash(strings.Join(ups, ",")),
 			orDash(r.Metrics), r.Check, pidText(r.PID), pidText(r.ProxyPID), r.Restarts)
+		if withNetns {
+			line += "\t" + r.Netns.String()
+		}
+		fmt.Fprintln(tw, line)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -70,8 +70,10 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 	warnConnBudget(env.Log, cl, register.APIConfig(l.Global.Consul).Address, l.Plans)
 	r := &register.Registrar{Agent: cl, Hostname: l.Hostname}
 	var fl *fleet
+	var failed []error
 	onUp := func(*plan.Plan) {}
 	if o.Foreground {
+		l.Plans, failed = withoutNamespaces(l.Plans)
 		// Each meshx-proxy starts as soon as its own service is registered.
 		if fl, err = newFleet(ctx, env, o); err != nil {
 			return err
@@ -79,10 +81,11 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		onUp = fl.start
 	}
 	l.notOwned = map[string]bool{}
-	up, failed, err := registerAll(ctx, env, r, l.Plans, o.Force, onUp, l.notOwned)
+	up, regFailed, err := registerAll(ctx, env, r, l.Plans, o.Force, onUp, l.notOwned)
 	if err != nil {
 		return err
 	}
+	failed = append(failed, regFailed...)
 	fault.Point("saved")
 	if err := gc(ctx, env, l, r); err != nil {
 		failed = append(failed, err)
@@ -104,6 +107,23 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 		failed = append(failed, fmt.Errorf("%w: %d file(s)", ErrBroken, len(l.Set.Broken)))
 	}
 	return errors.Join(failed...)
+}
+
+// ErrNamespaceNeedsSystemd: a service with network.namespace runs only under
+// systemd (its meshx-netns@ unit sets the namespace up, and its
+// meshx-proxy@ unit joins it).
+var ErrNamespaceNeedsSystemd = errors.New("network.namespace needs systemd (meshx-netns@ and meshx-proxy@ units)")
+
+// withoutNamespaces drops the plans with a network namespace, one error each.
+func withoutNamespaces(plans []*plan.Plan) (keep []*plan.Plan, errs []error) {
+	for _, pl := range plans {
+		if pl.Netns != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", pl.Name, ErrNamespaceNeedsSystemd))
+			continue
+		}
+		keep = append(keep, pl)
+	}
+	return keep, errs
 }
 
 // registerWorkers bounds the registrations in flight: the agent handles them
@@ -292,6 +312,13 @@ func forget(ctx context.Context, env Env, l *Loaded, r *register.Registrar, pl *
 	if err := ports.Release(ports.Options{StateDir: env.Dirs.State, Range: l.Global.Ports}, pl.PortKeys()); err != nil {
 		return err
 	}
+	if pl.Netns != nil {
+		// The namespace itself goes when reconcileUnits stops its
+		// meshx-netns@ unit (CNI DEL).
+		if err := releaseAddress(env.Dirs.State, l.Global, pl.Name); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(env.Stdout, "%s\t%s\t-\tderegistered (config gone)\n", pl.Name, pl.ID)
 	return env.Dirs.RemovePlan(pl.Name)
 }
@@ -331,7 +358,8 @@ func keepRunning(env Env, l *Loaded, up []*plan.Plan) []*plan.Plan {
 func reconcileUnits(ctx context.Context, env Env, up []*plan.Plan) error {
 	want := make([]systemd.Instance, 0, len(up))
 	for _, pl := range up {
-		want = append(want, systemd.Instance{Service: pl.Name, TransparentProxy: pl.Transparent != nil})
+		want = append(want, systemd.Instance{Service: pl.Name, TransparentProxy: pl.Transparent != nil,
+			Namespace: pl.Netns != nil})
 	}
 	sort.Slice(want, func(i, j int) bool { return want[i].Service < want[j].Service })
 	acts, err := systemd.Reconcile(ctx, want, env.Log)

@@ -30,7 +30,8 @@ func TestWriteDocs(t *testing.T) {
 	for _, p := range pages {
 		names = append(names, filepath.Base(p))
 	}
-	want := []string{"meshx-init-connect.8", "meshx-init-disconnect.8", "meshx-init-render.8", "meshx-init-run.8",
+	want := []string{"meshx-init-connect.8", "meshx-init-disconnect.8", "meshx-init-netns-down.8", "meshx-init-netns-up.8",
+		"meshx-init-netns.8", "meshx-init-render.8", "meshx-init-run.8",
 		"meshx-init-status.8", "meshx-init-stop.8", "meshx-init-validate.8", "meshx-init-version.8",
 		"meshx-init.8", "meshx-proxy.8"}
 	if !slices.Equal(names, want) {

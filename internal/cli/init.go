@@ -44,7 +44,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input (usage or configuration).`,
 		return boot.Env{Dirs: g.dirs, Log: log, Stdout: c.OutOrStdout(), Stderr: c.ErrOrStderr()}, err
 	}
 	root.AddCommand(validateCmd(env), renderCmd(env), runCmd(env, &g), statusCmd(env),
-		stopCmd(env), connectCmd(env), disconnectCmd(env), versionCmd())
+		stopCmd(env), connectCmd(env), disconnectCmd(env), versionCmd(), netnsCmd(env))
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "render":
@@ -132,8 +132,12 @@ registration a run would deregister.`,
 			out := []any{} // "[]", not "null", when nothing matches
 			for _, pl := range l.Plans {
 				if len(args) == 0 || want[pl.Name] {
-					out = append(out, map[string]any{"service": pl.Name, "file": pl.File,
-						"registration": pl.Registration, "proxy_argv": pl.Proxy.Argv, "upstreams": pl.Upstreams})
+					v := map[string]any{"service": pl.Name, "file": pl.File,
+						"registration": pl.Registration, "proxy_argv": pl.Proxy.Argv, "upstreams": pl.Upstreams}
+					if pl.Netns != nil {
+						v["netns"] = boot.NetnsView(pl.Netns)
+					}
+					out = append(out, v)
 				}
 			}
 			enc := json.NewEncoder(e.Stdout)
@@ -220,6 +224,32 @@ func stopCmd(env envFunc) *cobra.Command {
 			return boot.Stop(c.Context(), e, args[0])
 		}),
 	}
+}
+
+func netnsCmd(env envFunc) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "netns",
+		Short: "Set up or remove a service's network namespace (what meshx-netns@<service> runs)",
+		Args:  exactArgs(0, "up or down"),
+		RunE:  func(c *cobra.Command, _ []string) error { return c.Help() },
+	}
+	for _, v := range []struct {
+		verb, short string
+		do          func(context.Context, boot.Env, string) error
+	}{
+		{"up", "Create the namespace with CNI ADD, or check it (CNI CHECK) and leave it", boot.NetnsUp},
+		{"down", "Remove the namespace with CNI DEL", boot.NetnsDown},
+	} {
+		c.AddCommand(&cobra.Command{
+			Use:   v.verb + " <service>",
+			Short: v.short,
+			Args:  exactArgs(1, "one service name"),
+			RunE: withEnv(env, func(c *cobra.Command, e boot.Env, args []string) error {
+				return v.do(c.Context(), e, args[0])
+			}),
+		})
+	}
+	return c
 }
 
 func connectCmd(env envFunc) *cobra.Command {

@@ -351,8 +351,8 @@ func parseNetwork(r rawGlobal, at func(field, format string, args ...any)) HostN
 		switch {
 		case err != nil || !pf.Addr().Is4():
 			at("network.subnet", "not an IPv4 subnet (like %s): %q", DefaultSubnet, rn.Subnet)
-		case pf.Bits() < 16 || pf.Bits() > 29:
-			at("network.subnet", "subnet %s: the prefix length must be 16 to 29", pf)
+		case pf.Bits() < 20 || pf.Bits() > 29:
+			at("network.subnet", "subnet %s: the prefix length must be 20 to 29", pf)
 		case pf.Masked() != pf:
 			at("network.subnet", "subnet %s has host bits set: write %s", pf, pf.Masked())
 		default:

@@ -200,7 +200,7 @@ func TestParseGlobalBad(t *testing.T) {
 				`meshx.yaml:6: network.cni_path[0]: not an absolute path: "lib/cni"`,
 			}},
 		{"network subnet too big, IPv6", "version: 1\nnetwork: {subnet: 10.0.0.0/8}\n---\n",
-			[]string{"meshx.yaml:2: network.subnet: subnet 10.0.0.0/8: the prefix length must be 16 to 29"}},
+			[]string{"meshx.yaml:2: network.subnet: subnet 10.0.0.0/8: the prefix length must be 20 to 29"}},
 		{"network subnet IPv6", "version: 1\nnetwork:\n  subnet: fd00::/64\n",
 			[]string{`meshx.yaml:3: network.subnet: not an IPv4 subnet (like 198.19.240.0/24): "fd00::/64"`}},
 		{"every problem at once", "version: 1\nconsul:\n  address: ftp://x\n  wait: x\nports:\n  ip: x\n  range: 21000-21001\nbogus: 1\n",

@@ -3,6 +3,7 @@ package netns
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -128,8 +129,36 @@ func (m *Manager) up(ctx context.Context, s Spec) (Result, error) {
 		_ = m.cni.DelNetworkList(ctx, list, rt)
 		return "", fmt.Errorf("cni add %s: %w", Name(s.Service), err)
 	}
+	if err := m.saveSpec(s); err != nil {
+		return "", err
+	}
 	m.o.Log.Info("namespace set up", "netns", Name(s.Service), "address", s.Address, "did", res, "took", time.Since(start))
 	return res, nil
+}
+
+// specPath is where Up records the spec a namespace was set up with, so
+// that it can be removed once the service's plan is gone.
+func (m *Manager) specPath(service string) string {
+	return filepath.Join(m.o.RunDir, "specs", service+".json")
+}
+
+func (m *Manager) saveSpec(s Spec) error {
+	b, _ := json.MarshalIndent(s, "", "  ") // plain data: cannot fail
+	if err := os.MkdirAll(filepath.Dir(m.specPath(s.Service)), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(m.specPath(s.Service), b, 0o644)
+}
+
+// Spec returns the spec the service's namespace was last set up with, and
+// false when Up has not run since the last reboot or Down.
+func (m *Manager) Spec(service string) (Spec, bool) {
+	var s Spec
+	b, err := os.ReadFile(m.specPath(service))
+	if err != nil || json.Unmarshal(b, &s) != nil {
+		return Spec{}, false
+	}
+	return s, true
 }
 
 // check reports why the namespace is not as s wants it, nil when it is: an
@@ -186,6 +215,9 @@ func (m *Manager) down(ctx context.Context, s Spec) error {
 	}
 	dir := filepath.Dir(ResolvConf(m.o.EtcDir, s.Service))
 	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.Remove(m.specPath(s.Service)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	m.o.Log.Info("namespace removed", "netns", Name(s.Service))

@@ -143,6 +143,9 @@ func TestNamespaceLifecycle(t *testing.T) {
 	if res, err := m.Up(ctx, s); err != nil || res != Created {
 		t.Fatalf("Up: %v, %v", res, err)
 	}
+	if got, ok := m.Spec(svc); !ok || got.Address != s.Address || len(got.Publish) != 1 {
+		t.Errorf("recorded spec: %+v, %v", got, ok)
+	}
 	if out := sh(t, "ip", "-n", Name(svc), "-4", "addr"); !strings.Contains(out, "inet 198.19.240.7/") || !strings.Contains(out, "inet 127.0.0.1/8") {
 		t.Errorf("namespace addresses:\n%s", out)
 	}
@@ -199,6 +202,9 @@ func TestNamespaceLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(ResolvConf(m.o.EtcDir, svc)); !os.IsNotExist(err) {
 		t.Errorf("resolv.conf left after Down: %v", err)
+	}
+	if _, ok := m.Spec(svc); ok {
+		t.Errorf("spec still recorded after Down")
 	}
 	if err := m.Down(ctx, s); err != nil {
 		t.Errorf("second Down: %v", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/config"
+	"github.com/meshx/meshx/internal/netns"
 	"github.com/meshx/meshx/internal/template"
 )
 
@@ -58,6 +59,10 @@ type Plan struct {
 	// MetricsAddress is where meshx-proxy serves Prometheus metrics
 	// (ip:port, path MetricsPath); "" when metrics are off.
 	MetricsAddress string `json:"metrics_address,omitempty"`
+	// Netns is set when the service runs in a network namespace of its own
+	// (network.namespace); its Address is filled in by meshx-init's address
+	// allocation, after rendering.
+	Netns *netns.Spec `json:"netns,omitempty"`
 }
 
 // MetricsPath is the URL path of meshx-proxy's metrics.
@@ -162,6 +167,9 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 		SidecarID: SidecarID(id), SidecarPort: p.Sidecar, CheckID: "meshx-ttl:" + id,
 		TTL: Duration(s.Check.TTL), Interval: Duration(s.Check.Interval), Probe: s.Check.Probe,
 		Transparent: s.Transparent}
+	if s.Network.Namespace {
+		pl.Netns, pl.Transparent = namespaceSpec(s, h, p)
+	}
 	var consulUps []any
 	for _, u := range upstreams(s, h.ExtraUpstreams) {
 		port := u.Port
@@ -209,6 +217,9 @@ func Build(s *config.Service, h Host, p Ports) (*Plan, error) {
 		pl.MetricsAddress = netip.AddrPortFrom(h.Global.Metrics.IP, uint16(p.ProxyMetrics)).String()
 		vars["proxy_metrics_port"] = p.ProxyMetrics
 	}
+	if a := h.Global.Network.HostAddress; s.Network.Namespace && a.IsValid() {
+		vars["host_address"] = a.String()
+	}
 	if err := pl.buildRegistration(s, h, vars); err != nil {
 		return nil, err
 	}
@@ -241,4 +252,23 @@ func Hash(r *api.AgentServiceRegistration) string {
 	b, _ := json.Marshal(&c) // map keys are sorted by encoding/json: stable
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// namespaceSpec is the namespace of a service with network.namespace: the
+// sidecar's public port published on the host (the same port number), and
+// the host-wide subnet and DNS. Transparent proxy's DNS redirect, left at
+// its loopback default, goes to the gateway instead: the agent on the host
+// is not on the namespace's loopback.
+func namespaceSpec(s *config.Service, h Host, p Ports) (*netns.Spec, *config.Transparent) {
+	n := h.Global.Network
+	spec := &netns.Spec{Service: s.Name, Subnet: n.Subnet, HostAddress: n.HostAddress, DNS: n.DNS,
+		Publish: []netns.Port{{HostPort: p.Sidecar, ContainerPort: p.Sidecar}}}
+	t := s.Transparent
+	if t != nil && t.DNS != nil && t.DNS.Address == config.DefaultDNS {
+		c, d := *t, *t.DNS
+		d.Address = netip.AddrPortFrom(n.Gateway(), config.DefaultDNS.Port())
+		c.DNS = &d
+		t = &c
+	}
+	return spec, t
 }

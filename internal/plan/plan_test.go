@@ -215,6 +215,16 @@ registration:
   "consul.hashicorp.com/prometheus-scrape-path": "/metrics",
   "consul.hashicorp.com/envoy-extra-args": "-l debug"
 }}`},
+		{name: "namespace", file: "web.yaml", in: `version: 1
+service: {name: web, port: 8080}
+network: {namespace: true}
+upstreams: [{name: db}]
+proxy: {mode: envoy}
+transparent_proxy: {enabled: true, dns: {enabled: true}}
+`},
+		{name: "namespace-host-address", file: "web.yaml",
+			global: "version: 1\nnetwork: {subnet: 10.99.0.0/24, host_address: 192.0.2.7, dns: [192.0.2.53]}\n",
+			in:     "version: 1\nservice: {name: web, port: 8080}\nnetwork: {namespace: true}\n"},
 		{name: "extra-upstreams", file: "web.yaml", in: "version: 1\nservice: {name: web}\nupstreams: [{name: db}]\n",
 			extra: []config.Upstream{{Name: "db", Type: "service"}, {Name: "cache", Type: "service", Port: 9300}, {Name: "api", Type: "service", Datacenter: "dc2"}}},
 	}
@@ -398,8 +408,19 @@ func TestBuildAllRejects(t *testing.T) {
 				"a.yaml", "version: 1\nservice: {name: web}\nproxy: {mode: envoy}\ntransparent_proxy: {enabled: true}\n",
 				"b.json", `{"name": "api"}`,
 			},
-			want: map[string]string{"b.json": `b.json:1: transparent_proxy: only one service per host may enable transparent proxy; a.yaml already does`},
+			want: map[string]string{"b.json": `b.json:1: transparent_proxy: only one service per host may enable transparent proxy in the host's network namespace; a.yaml already does (give each its own with network.namespace: true)`},
 			kept: []string{"web", "good"},
+		},
+		{
+			name: "transparent services each in a namespace, and one in the host's",
+			files: []string{
+				"a.yaml", "version: 1\nservice: {name: a}\nproxy: {mode: envoy}\ntransparent_proxy: {enabled: true}\nnetwork: {namespace: true}\n",
+				"b.yaml", "version: 1\nservice: {name: b}\nproxy: {mode: envoy}\ntransparent_proxy: {enabled: true}\nnetwork: {namespace: true}\n",
+				"c.yaml", "version: 1\nservice: {name: c}\nproxy: {mode: envoy}\ntransparent_proxy: {enabled: true}\n",
+				"d.json", `{"annotations": {"consul.hashicorp.com/connect-service": "d", "meshx.io/network-namespace": "true"}}`,
+			},
+			want: map[string]string{},
+			kept: []string{"a", "b", "c", "d", "good"},
 		},
 		{
 			name: "unknown template variables, located",

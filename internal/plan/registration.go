@@ -58,7 +58,7 @@ func proxyOverlay(m map[string]any) map[string]any {
 
 // baseTemplate is the default registration with what the service-config's
 // own fields add to it.
-func baseTemplate(s *config.Service) map[string]any {
+func baseTemplate(s *config.Service, g *config.Global) map[string]any {
 	tmpl := DefaultRegistration()
 	if config.Advertisable(s.Address) {
 		tmpl["Address"] = "{{address}}"
@@ -74,7 +74,25 @@ func baseTemplate(s *config.Service) map[string]any {
 			"Config": map[string]any{"envoy_prometheus_bind_addr": "0.0.0.0:{{metrics_port}}"},
 		}))
 	}
+	if s.Network.Namespace {
+		tmpl = template.Merge(tmpl, namespaceOverlay(g.Network.HostAddress.IsValid()))
+	}
 	return tmpl
+}
+
+// namespaceOverlay is what a service in its own network namespace adds: its
+// sidecar listens on every address of the namespace (the published port
+// forwards there), and both are advertised at the host's address when
+// meshx.yaml sets one; otherwise Consul advertises the node's address, where
+// the port is published too.
+func namespaceOverlay(hostAddress bool) map[string]any {
+	side := map[string]any{"Proxy": map[string]any{"Config": map[string]any{"bind_address": "0.0.0.0"}}}
+	o := map[string]any{"Connect": map[string]any{"SidecarService": side}}
+	if hostAddress {
+		o["Address"] = "{{host_address}}"
+		side["Address"] = "{{host_address}}"
+	}
+	return o
 }
 
 // FieldError is a problem found while rendering a service, at a field of its
@@ -106,7 +124,7 @@ const globalRegistration = "defaults.registration"
 func isGlobal(path string) bool { return strings.HasPrefix(path, globalRegistration) }
 
 func (pl *Plan) buildRegistration(s *config.Service, h Host, vars template.Vars) error {
-	base := baseTemplate(s)
+	base := baseTemplate(s, h.Global)
 	if !h.Global.Metrics.Disabled {
 		base = template.Merge(base, map[string]any{"Connect": map[string]any{"SidecarService": map[string]any{
 			"Meta": map[string]any{MetaPrometheusPort: "{{proxy_metrics_port}}", MetaPrometheusPath: MetricsPath}}}})

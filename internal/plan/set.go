@@ -207,16 +207,17 @@ func checkFixedPorts(set *config.Set) {
 	}
 }
 
-// checkTransparent allows one transparent-proxy service per host: the
-// redirection rules are per network namespace.
+// checkTransparent allows one transparent-proxy service per network
+// namespace, as the redirection rules are per namespace: any number in
+// namespaces of their own (network.namespace), one in the host's.
 func checkTransparent(set *config.Set) {
 	var first *config.Service
 	for _, s := range slices.Clone(set.Services) {
-		if s.Transparent == nil {
+		if s.Transparent == nil || s.Network.Namespace {
 			continue
 		}
 		if first != nil {
-			set.Reject(s, "transparent_proxy", "only one service per host may enable transparent proxy; %s already does", first.File)
+			set.Reject(s, "transparent_proxy", "only one service per host may enable transparent proxy in the host's network namespace; %s already does (give each its own with network.namespace: true)", first.File)
 			continue
 		}
 		first = s

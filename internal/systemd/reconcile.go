@@ -26,6 +26,10 @@ type Instance struct {
 	// TransparentProxy gives the instance CAP_NET_ADMIN and netlink through a
 	// runtime drop-in; false removes that drop-in.
 	TransparentProxy bool
+	// Namespace runs the instance in the service's network namespace: its
+	// meshx-netns@ unit is started (and waited for) first, and the drop-in
+	// joins the instance to it.
+	Namespace bool
 }
 
 // Action is what Reconcile did for one instance.
@@ -209,6 +213,11 @@ func (r *reconciler) run(ctx context.Context, want []Instance) ([]Action, error)
 		}
 	}
 
+	for _, p := range plans {
+		if p.Err == nil && p.in.Namespace {
+			p.Err = r.startNetns(ctx, p.Service)
+		}
+	}
 	self := r.selfStarting(ctx)
 	for _, p := range plans {
 		if p.Err == nil {
@@ -275,7 +284,7 @@ func (r *reconciler) present(ctx context.Context) ([]string, error) {
 // retire stops, disables and un-drop-ins an instance that is no longer wanted.
 func (r *reconciler) retire(ctx context.Context, u string) error {
 	var errs []error
-	if err := r.stop(ctx, u); err != nil {
+	if err := r.stopInstance(ctx, u); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := r.Bus.DisableUnitFilesContext(ctx, []string{u}, false); err != nil {
@@ -291,6 +300,43 @@ func (r *reconciler) retire(ctx context.Context, u string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// startNetns starts the meshx-netns@ unit of a service and waits for it:
+// it is not ordered after meshx-init, so this cannot deadlock at boot, and
+// the instance that joins the namespace starts only once it exists.
+func (r *reconciler) startNetns(ctx context.Context, service string) error {
+	u := NetnsUnitName(service)
+	ch := make(chan string, 1)
+	if _, err := r.Bus.StartUnitContext(ctx, u, "replace", ch); err != nil {
+		return fmt.Errorf("start %s: %w", u, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.JobTimeout)
+	defer cancel()
+	select {
+	case res := <-ch:
+		if res != "done" {
+			return fmt.Errorf("start %s: job %s (see journalctl -u %s)", u, res, u)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("start %s: job not finished: %w", u, ctx.Err())
+	}
+}
+
+// stopInstance stops a meshx-proxy@ instance and then, when its drop-in
+// joins it to a network namespace, that namespace's meshx-netns@ unit
+// (whose stop removes the namespace with CNI DEL).
+func (r *reconciler) stopInstance(ctx context.Context, u string) error {
+	if err := r.stop(ctx, u); err != nil {
+		return err
+	}
+	cur, err := os.ReadFile(r.dropInPath(u))
+	if err != nil || !bytes.Contains(cur, []byte("NetworkNamespacePath=")) {
+		return nil
+	}
+	svc, _ := ServiceOf(u)
+	return r.stop(ctx, NetnsUnitName(svc))
 }
 
 // stop stops a unit and waits (bounded) for the stop job. Stop jobs never wait
@@ -334,7 +380,7 @@ func (r *reconciler) syncDropIn(ctx context.Context, p *plan) error {
 	running := state != "inactive" && state != "failed"
 	if content == "" {
 		if running {
-			if err := r.stop(ctx, p.Unit); err != nil {
+			if err := r.stopInstance(ctx, p.Unit); err != nil {
 				return err
 			}
 			p.stopped = true

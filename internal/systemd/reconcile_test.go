@@ -203,7 +203,7 @@ func TestReconcileFreshStart(t *testing.T) {
 		"start meshx-proxy@client.service",
 		"start meshx-proxy@web.service")
 	got, err := os.ReadFile(e.dropIn("client"))
-	if err != nil || string(got) != transparentProxyDropIn {
+	if err != nil || string(got) != tpDropIn() {
 		t.Errorf("client drop-in: %q, %v", got, err)
 	}
 	if _, err := os.Stat(e.dropIn("web")); !os.IsNotExist(err) {
@@ -238,7 +238,7 @@ func TestReconcileRetiresWhatIsGone(t *testing.T) {
 	if err := os.Symlink("/lib/systemd/system/meshx-proxy@.service", gone); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := atomicfile.Write(e.dropIn("gone-svc"), []byte(transparentProxyDropIn), 0o644); err != nil {
+	if _, err := atomicfile.Write(e.dropIn("gone-svc"), []byte(tpDropIn()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	actions, err := e.reconcile(t, Instance{Service: "web"})
@@ -259,7 +259,7 @@ func TestReconcileRetiresWhatIsGone(t *testing.T) {
 func TestReconcileKeepsForeignDropIns(t *testing.T) {
 	e := newEnv(t)
 	e.bus.state[UnitName("old")] = "active"
-	if _, err := atomicfile.Write(e.dropIn("old"), []byte(transparentProxyDropIn), 0o644); err != nil {
+	if _, err := atomicfile.Write(e.dropIn("old"), []byte(tpDropIn()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	mine := filepath.Join(filepath.Dir(e.dropIn("old")), "10-admin.conf")
@@ -372,5 +372,45 @@ func TestReconcileRejectsBadInput(t *testing.T) {
 	}
 	if len(e.bus.calls) != 0 {
 		t.Errorf("systemd was called for bad input: %v", e.bus.calls)
+	}
+}
+
+// tpDropIn is the drop-in of an instance with transparent proxy only.
+func tpDropIn() string {
+	_, c := DropIn(Instance{Service: "x", TransparentProxy: true})
+	return c
+}
+
+// TestReconcileNamespace: a namespaced instance gets its meshx-netns@ unit
+// started (and waited for) before the instance itself; once it is no longer
+// wanted, the instance is stopped and then its namespace unit.
+func TestReconcileNamespace(t *testing.T) {
+	e := newEnv(t)
+	actions, err := e.reconcile(t, Instance{Service: "api", Namespace: true, TransparentProxy: true}, Instance{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDid(t, actions, "api: started", "web: started")
+	wantCalls(t, e.bus,
+		`enable meshx-proxy@api.service,meshx-proxy@web.service`,
+		"reload",
+		"start meshx-netns@api.service",
+		"start meshx-proxy@api.service",
+		"start meshx-proxy@web.service")
+	got, err := os.ReadFile(e.dropIn("api"))
+	if err != nil || !strings.Contains(string(got), "NetworkNamespacePath=/run/netns/meshx-api\n") {
+		t.Errorf("api drop-in: %q, %v", got, err)
+	}
+
+	actions, err = e.reconcile(t, Instance{Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDid(t, actions, "api: stopped+disabled", "web: already active")
+	wantCalls(t, e.bus,
+		"stop meshx-proxy@api.service", "stop meshx-netns@api.service", "disable meshx-proxy@api.service",
+		"enable meshx-proxy@web.service", "reload")
+	if _, err := os.Stat(e.dropIn("api")); !os.IsNotExist(err) {
+		t.Errorf("api's drop-in left: %v", err)
 	}
 }

@@ -6,7 +6,8 @@ import (
 
 // StopUnit stops one service's meshx-proxy@ instance (it stays enabled, so it
 // comes back at the next boot or `meshx-init run`) and waits for the job, as
-// Reconcile's stops do.
+// Reconcile's stops do; a service in a network namespace of its own
+// has that removed too (its meshx-netns@ unit stopped: CNI DEL).
 func StopUnit(ctx context.Context, service string) error {
 	conn, err := Dial(ctx)
 	if err != nil {
@@ -15,5 +16,5 @@ func StopUnit(ctx context.Context, service string) error {
 	defer conn.Close()
 	o := Options{Bus: conn}
 	o.defaults()
-	return (&reconciler{Options: o}).stop(ctx, UnitName(service))
+	return (&reconciler{Options: o}).stopInstance(ctx, UnitName(service))
 }

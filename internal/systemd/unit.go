@@ -16,6 +16,7 @@ const (
 	InitUnit = "meshx-init.service"
 
 	proxyPrefix = "meshx-proxy@"
+	netnsPrefix = "meshx-netns@"
 	unitSuffix  = ".service"
 )
 
@@ -49,31 +50,70 @@ func Available() bool {
 	return err == nil && fi.IsDir()
 }
 
-// transparentProxyDropIn is the runtime drop-in meshx-init writes for an instance
-// whose service has transparent proxy on, and removes when it is off. The unit file
-// grants meshx-proxy only CAP_SETUID, CAP_SETGID and CAP_KILL and only the inet and
-// unix socket families; this adds what installing and removing iptables rules
-// needs (iptables-nft talks netlink and needs CAP_NET_ADMIN). Both settings merge
+// dropInHeader opens the runtime drop-in meshx-init writes for an instance
+// that needs one, and removes when it needs none.
+const dropInHeader = `# Written by meshx-init for this service's settings; removed when they are
+# off. Do not edit: the next meshx-init run rewrites or removes it.
+`
+
+// transparentProxyDropIn is the part of the drop-in for an instance whose
+// service has transparent proxy on. The unit file grants meshx-proxy only
+// CAP_SETUID, CAP_SETGID and CAP_KILL and only the inet and unix socket
+// families; this adds what installing and removing iptables rules needs
+// (iptables-nft talks netlink and needs CAP_NET_ADMIN). Both settings merge
 // with (OR) the unit file's own lists.
-const transparentProxyDropIn = `# Written by meshx-init because transparent proxy is on for this service;
-# removed again when it is turned off. Do not edit: the next meshx-init run
-# rewrites or removes it.
+const transparentProxyDropIn = `
 [Service]
 CapabilityBoundingSet=CAP_NET_ADMIN
 RestrictAddressFamilies=AF_NETLINK
 `
 
-// dropInName is the file name of the transparent-proxy drop-in inside
-// <unit>.d/.
-const dropInName = "50-meshx-transparent-proxy.conf"
+// namespaceDropIn is the part of the drop-in for an instance whose service
+// runs in a network namespace of its own: it joins the namespace that
+// meshx-netns@<service> sets up (and stops when that unit does), and sees
+// the namespace's resolv.conf as /etc/resolv.conf.
+const namespaceDropIn = `
+[Unit]
+BindsTo=%[1]s
+After=%[1]s
+
+[Service]
+NetworkNamespacePath=%[2]s
+BindReadOnlyPaths=%[3]s:/etc/resolv.conf
+`
+
+// dropInName is the file name of meshx's drop-in inside <unit>.d/.
+const dropInName = "50-meshx.conf"
+
+// NetnsDir and NetnsEtcDir are where named network namespaces and their
+// resolv.conf files live (iproute2's layout, which internal/netns follows).
+const (
+	NetnsDir    = "/run/netns"
+	NetnsEtcDir = "/etc/netns"
+)
 
 // DropIn returns the runtime drop-in meshx-init keeps for an instance, as file
 // name and content, or empty strings when the instance needs none.
 func DropIn(in Instance) (name, content string) {
-	if !in.TransparentProxy {
+	if !in.TransparentProxy && !in.Namespace {
 		return "", ""
 	}
-	return dropInName, transparentProxyDropIn
+	var b strings.Builder
+	b.WriteString(dropInHeader)
+	if in.TransparentProxy {
+		b.WriteString(transparentProxyDropIn)
+	}
+	if in.Namespace {
+		ns := "meshx-" + in.Service
+		fmt.Fprintf(&b, namespaceDropIn, NetnsUnitName(in.Service), NetnsDir+"/"+ns, NetnsEtcDir+"/"+ns+"/resolv.conf")
+	}
+	return dropInName, b.String()
+}
+
+// NetnsUnitName is the meshx-netns@ instance that sets up a service's
+// network namespace.
+func NetnsUnitName(service string) string {
+	return netnsPrefix + unit.UnitNameEscape(service) + unitSuffix
 }
 
 func validate(want []Instance) error {

@@ -43,11 +43,20 @@ func TestDropIn(t *testing.T) {
 	if name, content := DropIn(Instance{Service: "web"}); name != "" || content != "" {
 		t.Errorf("DropIn without transparent proxy = %q, %q; want nothing", name, content)
 	}
-	name, content := DropIn(Instance{Service: "web", TransparentProxy: true})
-	if name != "50-meshx-transparent-proxy.conf" {
-		t.Errorf("drop-in name %q", name)
+	for _, tc := range []struct {
+		golden string
+		in     Instance
+	}{
+		{"transparent-proxy.conf", Instance{Service: "web", TransparentProxy: true}},
+		{"namespace.conf", Instance{Service: "my-web", Namespace: true}},
+		{"namespace-transparent-proxy.conf", Instance{Service: "web", Namespace: true, TransparentProxy: true}},
+	} {
+		name, content := DropIn(tc.in)
+		if name != "50-meshx.conf" {
+			t.Errorf("drop-in name %q", name)
+		}
+		testutil.Golden(t, filepath.Join("testdata", tc.golden+".golden"), []byte(content))
 	}
-	testutil.Golden(t, filepath.Join("testdata", "transparent-proxy.conf"+".golden"), []byte(content))
 }
 
 func TestValidate(t *testing.T) {

@@ -248,7 +248,7 @@ func TestBootedMesh(t *testing.T) {
 	t.Run("transparent proxy: CAP_NET_ADMIN and rules only while it is on", func(t *testing.T) {
 		defer noPanics(t, m)
 		u := "meshx-proxy@web.service"
-		dropIn := "/run/systemd/system/meshx-proxy@web.service.d/50-meshx-transparent-proxy.conf"
+		dropIn := "/run/systemd/system/meshx-proxy@web.service.d/50-meshx.conf"
 		// Consul's built-in proxy has no transparent listener, so meshx wants an
 		// explicit proxy command with transparent proxy; this one is the default
 		// command written out. No traffic here leaves loopback, which the rules
@@ -664,7 +664,7 @@ func verifyAndScore(t *testing.T, m *Machine) {
 	}
 
 	// An instance with transparent proxy on, as meshx-init would write it.
-	dropIn := "/run/systemd/system/meshx-proxy@tp.service.d/50-meshx-transparent-proxy.conf"
+	dropIn := "/run/systemd/system/meshx-proxy@tp.service.d/50-meshx.conf"
 	m.MustExec("mkdir", "-p", "/run/systemd/system/meshx-proxy@tp.service.d")
 	m.MustExec("sh", "-c", "printf '[Service]\\nCapabilityBoundingSet=CAP_NET_ADMIN\\nRestrictAddressFamilies=AF_NETLINK\\n' >"+dropIn)
 	m.MustExec("systemctl", "daemon-reload")

@@ -2,7 +2,9 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"path/filepath"
 
@@ -28,6 +30,26 @@ func addressOptions(stateDir string, g *config.Global) ports.Options {
 // hostRoutes reads the host's routes (tests replace it).
 var hostRoutes = netns.HostRoutes
 
+// checkSubnet refuses a network.subnet that a route of the host overlaps,
+// located in meshx.yaml. When the routes cannot be read because the sandbox
+// hides /proc/net (meshx-init.service has ProcSubset=pid) and hidden is
+// true, the check is left to `meshx-init netns up`, which makes the same
+// one before it sets any namespace up.
+func checkSubnet(g *config.Global, hidden bool) error {
+	routes, err := hostRoutes()
+	if hidden && errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the host's routes: %w", err)
+	}
+	if c := netns.Collisions(g.Network.Subnet, routes); len(c) > 0 {
+		return g.Problem("network.subnet", "subnet %s collides with the host's route to %s (dev %s): choose a subnet no route of the host covers",
+			g.Network.Subnet, c[0].Dst, c[0].Device)
+	}
+	return nil
+}
+
 // assignAddresses gives every plan with a namespace its address, and refuses
 // a network.subnet that collides with a route of the host (located in
 // meshx.yaml: it would break every namespaced service).
@@ -41,13 +63,8 @@ func assignAddresses(stateDir string, g *config.Global, plans []*plan.Plan) erro
 	if len(reqs) == 0 {
 		return nil
 	}
-	routes, err := hostRoutes()
-	if err != nil {
-		return fmt.Errorf("read the host's routes: %w", err)
-	}
-	if c := netns.Collisions(g.Network.Subnet, routes); len(c) > 0 {
-		return g.Problem("network.subnet", "subnet %s collides with the host's route to %s (dev %s): choose a subnet no route of the host covers",
-			g.Network.Subnet, c[0].Dst, c[0].Device)
+	if err := checkSubnet(g, true); err != nil {
+		return err
 	}
 	got, err := ports.Allocate(addressOptions(stateDir, g), reqs)
 	if err != nil {
@@ -85,6 +102,11 @@ func NetnsUp(ctx context.Context, env Env, name string) error {
 	g, err := config.LoadGlobal(config.ConfigPath(env.Dirs.Config))
 	if err != nil {
 		return err
+	}
+	if !netns.Exists(name) {
+		if err := checkSubnet(g, false); err != nil {
+			return err
+		}
 	}
 	res, err := netnsManager(env, g).Up(ctx, *pl.Netns)
 	if err != nil {

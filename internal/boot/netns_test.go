@@ -93,3 +93,22 @@ func TestLoadSubnetCollides(t *testing.T) {
 		t.Errorf("not ErrInvalid (exit 2): %v", err)
 	}
 }
+
+// TestCheckSubnetHiddenRoutes: where the sandbox hides /proc/net (the
+// meshx-init unit), Load leaves the check to `netns up`, which insists.
+func TestCheckSubnetHiddenRoutes(t *testing.T) {
+	old := hostRoutes
+	t.Cleanup(func() { hostRoutes = old })
+	hostRoutes = func() ([]netns.Route, error) {
+		return nil, &os.PathError{Op: "open", Path: netns.RouteFile, Err: os.ErrNotExist}
+	}
+	env, _ := testEnv(t, "")
+	service(t, env, "b.yaml", "version: 1\nservice: {name: b}\nnetwork: {namespace: true}\n")
+	if _, err := Load(env, true); err != nil {
+		t.Fatalf("Load with /proc/net hidden: %v", err)
+	}
+	g, _ := config.LoadGlobal(config.ConfigPath(env.Dirs.Config))
+	if err := checkSubnet(g, false); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("netns up's check with /proc/net hidden: %v", err)
+	}
+}

@@ -418,9 +418,12 @@ func TestBuildAllRejects(t *testing.T) {
 				"b.yaml", "version: 1\nservice: {name: b}\nproxy: {mode: envoy}\ntransparent_proxy: {enabled: true}\nnetwork: {namespace: true}\n",
 				"c.yaml", "version: 1\nservice: {name: c}\nproxy: {mode: envoy}\ntransparent_proxy: {enabled: true}\n",
 				"d.json", `{"annotations": {"consul.hashicorp.com/connect-service": "d", "meshx.io/network-namespace": "true"}}`,
+				"e.yaml", "version: 1\nservice: {name: e, port: 8080}\nnetwork: {namespace: true}\nupstreams: [{name: a, port: 9191}]\n",
+				"f.yaml", "version: 1\nservice: {name: f, port: 8080}\nnetwork: {namespace: true}\nupstreams: [{name: a, port: 9191}]\n",
+				"g.yaml", "version: 1\nservice: {name: g, port: 8080}\n",
 			},
 			want: map[string]string{},
-			kept: []string{"a", "b", "c", "d", "good"},
+			kept: []string{"a", "b", "c", "d", "e", "f", "g", "good"},
 		},
 		{
 			name: "unknown template variables, located",

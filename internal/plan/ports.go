@@ -33,6 +33,10 @@ type portNeeds struct {
 	admin        bool     // mode envoy
 	envoyMetrics bool     // proxy.prometheus_scrape_path set
 	proxyMetrics bool     // meshx-proxy's metrics on
+	// local: the service has a network namespace of its own, where its fixed
+	// ports are bound; they reserve nothing on the host (three namespaced
+	// apps may all use 8080).
+	local bool
 }
 
 type upNeed struct {
@@ -75,7 +79,8 @@ func (n portNeeds) slots() []portSlot {
 func needsOf(s *config.Service, h Host, extra []config.Upstream) portNeeds {
 	id, _ := RenderID(s, h.Hostname)
 	n := portNeeds{id: id, fixed: s.Port, admin: s.Proxy.Mode == config.ModeEnvoy,
-		envoyMetrics: s.Proxy.PrometheusScrapePath != "", proxyMetrics: !h.Global.Metrics.Disabled}
+		envoyMetrics: s.Proxy.PrometheusScrapePath != "", proxyMetrics: !h.Global.Metrics.Disabled,
+		local: s.Network.Namespace}
 	for _, u := range upstreams(s, extra) {
 		n.upstreams = append(n.upstreams, upNeed{key: u.Key(), fixed: u.Port})
 	}
@@ -86,6 +91,9 @@ func needsOf(s *config.Service, h Host, extra []config.Upstream) portNeeds {
 func (n portNeeds) requests() []ports.Request {
 	var reqs []ports.Request
 	for _, sl := range n.slots() {
+		if n.local && sl.fixed != 0 {
+			continue
+		}
 		reqs = append(reqs, ports.Request{Key: sl.key, Fixed: sl.fixed, Down: sl.down})
 	}
 	return reqs
@@ -95,6 +103,10 @@ func (n portNeeds) requests() []ports.Request {
 func (n portNeeds) fill(port func(key string) int) Ports {
 	p := Ports{Upstreams: map[string]int{}}
 	for _, sl := range n.slots() {
+		if n.local && sl.fixed != 0 {
+			sl.set(&p, sl.fixed)
+			continue
+		}
 		sl.set(&p, port(sl.key))
 	}
 	return p

@@ -177,6 +177,9 @@ func checkFixedPorts(set *config.Set) {
 	}
 	taken := map[int]owner{}
 	for _, s := range slices.Clone(set.Services) {
+		if s.Network.Namespace {
+			continue // its fixed ports are bound in its own namespace
+		}
 		type fp struct {
 			port  int
 			field string

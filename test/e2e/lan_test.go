@@ -40,6 +40,12 @@ func (l *lan) attach(hostNS, ifname, addr string) {
 	l.t.Helper()
 	l.ip("netns", "add", hostNS)
 	l.t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", hostNS).Run() })
+	l.plug(hostNS, ifname, addr)
+}
+
+// plug plugs the existing namespace hostNS into the bridge (see attach).
+func (l *lan) plug(hostNS, ifname, addr string) {
+	l.t.Helper()
 	// The bridge's end is named after the host namespace's last part (<= 15 bytes).
 	port := "p-" + hostNS[max(0, len(hostNS)-12):]
 	l.ip("-n", l.ns, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", hostNS)

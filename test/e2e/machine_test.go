@@ -290,6 +290,10 @@ func (m *Machine) Boot() {
 		"--capability=CAP_NET_ADMIN", "--network-namespace-path=/run/netns/"+m.Name,
 		"--console=passive")
 	cmd.Stdin = nil
+	// /proc/sys/net writable, as on a VM (nspawn mounts /proc/sys read-only):
+	// the CNI plugins behind network.namespace set ip_forward and
+	// route_localnet. It is the container's own network namespace.
+	cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network")
 	cmd.Stdout = console
 	cmd.Stderr = console
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/meshx/meshx/internal/atomicfile"
 )
 
 // Dir is where `ip netns` mounts named namespaces; systemd units join them
@@ -144,10 +146,8 @@ func (m *Manager) specPath(service string) string {
 
 func (m *Manager) saveSpec(s Spec) error {
 	b, _ := json.MarshalIndent(s, "", "  ") // plain data: cannot fail
-	if err := os.MkdirAll(filepath.Dir(m.specPath(s.Service)), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(m.specPath(s.Service), b, 0o644)
+	_, err := atomicfile.WriteVolatile(m.specPath(s.Service), b, 0o644)
+	return err
 }
 
 // Spec returns the spec the service's namespace was last set up with, and
@@ -248,20 +248,8 @@ func (m *Manager) writeResolvConf(s Spec) error {
 	for _, a := range s.DNS {
 		b.WriteString("nameserver " + a.String() + "\n")
 	}
-	path := ResolvConf(m.o.EtcDir, s.Service)
-	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b.Bytes()) {
-		return nil
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	_, err := atomicfile.Write(ResolvConf(m.o.EtcDir, s.Service), b.Bytes(), 0o644)
+	return err
 }
 
 // Addr is the namespace address of host number n of subnet (n = 2 is the

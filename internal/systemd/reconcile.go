@@ -213,11 +213,7 @@ func (r *reconciler) run(ctx context.Context, want []Instance) ([]Action, error)
 		}
 	}
 
-	for _, p := range plans {
-		if p.Err == nil && p.in.Namespace {
-			p.Err = r.startNetns(ctx, p.Service)
-		}
-	}
+	r.startNetns(ctx, plans)
 	self := r.selfStarting(ctx)
 	for _, p := range plans {
 		if p.Err == nil {
@@ -302,25 +298,40 @@ func (r *reconciler) retire(ctx context.Context, u string) error {
 	return errors.Join(errs...)
 }
 
-// startNetns starts the meshx-netns@ unit of a service and waits for it:
-// it is not ordered after meshx-init, so this cannot deadlock at boot, and
-// the instance that joins the namespace starts only once it exists.
-func (r *reconciler) startNetns(ctx context.Context, service string) error {
-	u := NetnsUnitName(service)
-	ch := make(chan string, 1)
-	if _, err := r.Bus.StartUnitContext(ctx, u, "replace", ch); err != nil {
-		return fmt.Errorf("start %s: %w", u, err)
+// startNetns starts the meshx-netns@ unit of every namespaced instance (all
+// jobs enqueued at once) and waits for them: they are not ordered after
+// meshx-init, so this cannot deadlock at boot, and each instance that joins a
+// namespace starts only once it exists. A failure is its instance's error.
+func (r *reconciler) startNetns(ctx context.Context, plans []*plan) {
+	chs := map[*plan]chan string{}
+	for _, p := range plans {
+		if p.Err != nil || !p.in.Namespace {
+			continue
+		}
+		u := NetnsUnitName(p.Service)
+		ch := make(chan string, 1)
+		if _, err := r.Bus.StartUnitContext(ctx, u, "replace", ch); err != nil {
+			p.Err = fmt.Errorf("start %s: %w", u, err)
+			continue
+		}
+		chs[p] = ch
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.JobTimeout)
 	defer cancel()
-	select {
-	case res := <-ch:
-		if res != "done" {
-			return fmt.Errorf("start %s: job %s (see journalctl -u %s)", u, res, u)
+	for _, p := range plans {
+		ch, ok := chs[p]
+		if !ok {
+			continue
 		}
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("start %s: job not finished: %w", u, ctx.Err())
+		u := NetnsUnitName(p.Service)
+		select {
+		case res := <-ch:
+			if res != "done" {
+				p.Err = fmt.Errorf("start %s: job %s (see journalctl -u %s)", u, res, u)
+			}
+		case <-ctx.Done():
+			p.Err = fmt.Errorf("start %s: job not finished: %w", u, ctx.Err())
+		}
 	}
 }
 

@@ -386,30 +386,33 @@ func tpDropIn() string {
 // wanted, the instance is stopped and then its namespace unit.
 func TestReconcileNamespace(t *testing.T) {
 	e := newEnv(t)
-	actions, err := e.reconcile(t, Instance{Service: "api", Namespace: true, TransparentProxy: true}, Instance{Service: "web"})
+	actions, err := e.reconcile(t, Instance{Service: "api", Namespace: true, TransparentProxy: true}, Instance{Service: "web"},
+		Instance{Service: "db", Namespace: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantDid(t, actions, "api: started", "web: started")
+	wantDid(t, actions, "api: started", "db: started", "web: started")
 	wantCalls(t, e.bus,
-		`enable meshx-proxy@api.service,meshx-proxy@web.service`,
+		`enable meshx-proxy@api.service,meshx-proxy@db.service,meshx-proxy@web.service`,
 		"reload",
 		"start meshx-netns@api.service",
+		"start meshx-netns@db.service",
 		"start meshx-proxy@api.service",
+		"start meshx-proxy@db.service",
 		"start meshx-proxy@web.service")
 	got, err := os.ReadFile(e.dropIn("api"))
 	if err != nil || !strings.Contains(string(got), "NetworkNamespacePath=/run/netns/meshx-api\n") {
 		t.Errorf("api drop-in: %q, %v", got, err)
 	}
 
-	actions, err = e.reconcile(t, Instance{Service: "web"})
+	actions, err = e.reconcile(t, Instance{Service: "web"}, Instance{Service: "db", Namespace: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantDid(t, actions, "api: stopped+disabled", "web: already active")
+	wantDid(t, actions, "api: stopped+disabled", "db: already active", "web: already active")
 	wantCalls(t, e.bus,
 		"stop meshx-proxy@api.service", "stop meshx-netns@api.service", "disable meshx-proxy@api.service",
-		"enable meshx-proxy@web.service", "reload")
+		"enable meshx-proxy@db.service,meshx-proxy@web.service", "reload", "start meshx-netns@db.service")
 	if _, err := os.Stat(e.dropIn("api")); !os.IsNotExist(err) {
 		t.Errorf("api's drop-in left: %v", err)
 	}

@@ -7,6 +7,10 @@
 #     and the resident memory of one meshx-proxy against its proxy child.
 #   - transparent-proxy rules: meshx apply/remove against consul connect
 #     redirect-traffic + the Vagrant cleanup script (root only).
+#   - network namespaces (root only): one service's namespace set up (ip netns add
+#     + CNI ADD) and removed (CNI DEL) against `ip netns add` + `delete` alone; then
+#     a booted host (TestNamespacedServices, under the e2e lock) from boot to three
+#     namespaced services passing, with each meshx-netns@ unit's share of that boot.
 #   - port allocation, for the record.
 #   - one meshx-proxy's memory with metrics on against off.
 # Raw `go test -bench` output goes to $out (default bench.out); a markdown
@@ -26,6 +30,14 @@ if [ "$(id -u)" = 0 ]; then
 	echo "running iptables benchmarks..." >&2
 	go test -run '^$' -bench 'ApplyRemove|ConsulRedirectTraffic' -benchtime 30x ./internal/iptables/ 2>&1 |
 		grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
+fi
+if [ "$(id -u)" = 0 ]; then
+	echo "running network namespace benchmarks..." >&2
+	go test -run '^$' -bench 'BenchmarkNamespace' -benchtime 20x ./internal/netns/ 2>&1 |
+		grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
+	echo "booting three namespaced services (TestNamespacedServices, about 2 minutes)..." >&2
+	flock /tmp/meshx-e2e.lock go test -count=1 -run '^TestNamespacedServices$' -v -timeout 30m ./test/e2e/ 2>&1 |
+		grep -oE 'bench: netns .*|^(ok|FAIL|--- FAIL).*' | tee -a "$out" >&2
 fi
 go test -run '^$' -bench 'BenchmarkAllocate' -benchmem ./internal/ports/ 2>&1 | grep -E '^(Benchmark|ok|FAIL)' | tee -a "$out" >&2
 echo "running metrics memory (one meshx-proxy, metrics on against off)..." >&2
@@ -70,4 +82,20 @@ END {
 		for (k = 1; k <= 3; k++) { q = paths[k]; printf "| %s | %s | %s | %s | %s |\n", q, mbs["stream/" q], mbs["parallel32/" q], p50["request/" q], p99["request/" q] }
 	}
 	if (ready != "") printf "\nnative services ready against an agent with default limits: %s of 150\n", ready
+}' "$out"
+
+# Summary: a namespace's cost against ip netns alone; boot with three namespaces.
+awk '
+/^BenchmarkNamespace\/(baseline|up|down|recheck)/ { split($1, p, "/"); k = p[2]; sub(/-[0-9]+$/, "", k); ms[k] = $3 / 1e6 }
+/^bench: netns (boot|reboot)-to-passing [0-9.]+s/ { w = $3; v = $4; sub(/s$/, "", v); boot[w] = v }
+/^bench: netns (boot|reboot)-to-passing-cni-add / { w = $3; sub(/-cni-add$/, "", w); v = $4; sub(/s$/, "", v); add[w] += v; n[w]++ }
+END {
+	if ("up" in ms) {
+		printf "\n| namespace of one service | ms | / ip netns add+delete |\n|---|---|---|\n"
+		printf "| ip netns add + delete (baseline) | %.1f | 1.00 |\n", ms["baseline"]
+		printf "| set up: ip netns add + CNI ADD | %.1f | %.1f |\n", ms["up"], ms["up"] / ms["baseline"]
+		printf "| remove: CNI DEL + ip netns delete | %.1f | %.1f |\n", ms["down"], ms["down"] / ms["baseline"]
+		printf "| re-run on an intact namespace (CHECK) | %.1f | %.1f |\n", ms["recheck"], ms["recheck"] / ms["baseline"]
+	}
+	for (w in boot) printf "\n%s with three namespaced services: %.2f s to all passing; netns up %.3f s per service (mean of %d), %.0f%% of it\n", w, boot[w], add[w] / n[w], n[w], 100 * add[w] / boot[w]
 }' "$out"

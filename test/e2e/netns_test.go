@@ -263,9 +263,9 @@ func nsBench(t *testing.T, m *Machine, what string, took time.Duration) {
 // namespace, address, published port and rules and leaves the other two be.
 func TestNamespacedServices(t *testing.T) {
 	a, b, l := nsMachines(t)
+	b.Boot() // first: the boot figure is host A's alone
 	booted := time.Now()
 	a.Boot()
-	b.Boot()
 	var first map[string]nsRow
 	step(t, "boot: three namespaces, passing, advertised at the host", func(t *testing.T) {
 		first = nsWaitPassing(t, a, "a", "b", "c")

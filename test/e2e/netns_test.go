@@ -260,7 +260,8 @@ func nsBench(t *testing.T, m *Machine, what string, took time.Duration) {
 // one host call each other by virtual name and are reached from a second
 // host; after a reboot the namespaces, addresses and published ports are the
 // same and the mesh is back unaided; removing one service-config removes its
-// namespace, address, published port and rules and leaves the other two be.
+// namespace, address, published port and rules and leaves the other two be;
+// meshx-init stop removes a namespace too, and a reload brings it back.
 func TestNamespacedServices(t *testing.T) {
 	a, b, l := nsMachines(t)
 	b.Boot() // first: the boot figure is host A's alone
@@ -363,6 +364,22 @@ func TestNamespacedServices(t *testing.T) {
 		}
 		if _, ok := rows["c"]; ok {
 			t.Errorf("c still in status")
+		}
+		nsWaitCalls(t, a, map[string]string{"a": "b"})
+	})
+	step(t, "meshx-init stop removes the namespace; a reload brings it back at its address", func(t *testing.T) {
+		a.MustExec("meshx-init", "stop", "b")
+		if out, _ := a.Exec("ip", "netns", "list"); strings.Contains(out, "meshx-b") || !strings.Contains(out, "meshx-a") {
+			t.Errorf("namespaces after meshx-init stop b:\n%s", out)
+		}
+		if nat := hostNAT(t, a); strings.Contains(nat, first["b"].Netns.Address) {
+			t.Errorf("b's rules left in the host's nat table after stop:\n%s", nat)
+		}
+		a.MustExec("systemctl", "reload", "meshx-init.service")
+		a.MustExec("systemctl", "start", "app-b.service") // stopped with its meshx-proxy (Requires=)
+		rows := nsWaitPassing(t, a, "a", "b")
+		if rows["b"].Netns.Address != first["b"].Netns.Address {
+			t.Errorf("b came back at %s, was %s", rows["b"].Netns.Address, first["b"].Netns.Address)
 		}
 		nsWaitCalls(t, a, map[string]string{"a": "b"})
 	})

@@ -20,9 +20,10 @@ func (t *tracked) close() {
 
 // connSet holds the open connections, for drain, re-authorization and close.
 type connSet struct {
-	mu    sync.Mutex
-	set   map[*tracked]struct{}
-	empty chan struct{} // closed while the set is empty
+	mu     sync.Mutex
+	set    map[*tracked]struct{}
+	empty  chan struct{} // closed while the set is empty
+	closed bool          // closeAll ran: nothing more is added
 }
 
 func newConnSet() *connSet {
@@ -31,13 +32,18 @@ func newConnSet() *connSet {
 	return &connSet{set: map[*tracked]struct{}{}, empty: e}
 }
 
-func (s *connSet) add(t *tracked) {
+// add tracks t; false when the set was closed (the caller closes t).
+func (s *connSet) add(t *tracked) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
 	if len(s.set) == 0 {
 		s.empty = make(chan struct{})
 	}
 	s.set[t] = struct{}{}
+	return true
 }
 
 func (s *connSet) remove(t *tracked) {
@@ -79,7 +85,11 @@ func (s *connSet) wait(ctx context.Context) {
 	}
 }
 
+// closeAll closes every tracked connection, and from now on refuses new ones.
 func (s *connSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	for _, t := range s.snapshot() {
 		t.close()
 	}

@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,15 +151,15 @@ func TestPipeHalfClose(t *testing.T) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tw{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tw struct{ t *testing.T }
+type tw struct{ t testing.TB }
 
 func (w tw) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -168,7 +170,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // echo serves an echo app and counts its connections.
-func echo(t *testing.T) (string, *atomic.Int64) {
+func echo(t testing.TB) (string, *atomic.Int64) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -189,7 +191,7 @@ func echo(t *testing.T) (string, *atomic.Int64) {
 	return l.Addr().String(), &n
 }
 
-func startPlane(t *testing.T, o Options) *Plane {
+func startPlane(t testing.TB, o Options) *Plane {
 	t.Helper()
 	o.Logger = testLogger(t).With("plane", o.Service)
 	p, err := New(o)
@@ -251,7 +253,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 
 // meshPair starts web (an echo app behind a plane) and a client plane with
 // an upstream to web; it returns the upstream's local address.
-func meshPair(t *testing.T, src *fakeSource) (up string, web, client *Plane, hits *atomic.Int64) {
+func meshPair(t testing.TB, src *fakeSource) (up string, web, client *Plane, hits *atomic.Int64) {
 	t.Helper()
 	app, hits := echo(t)
 	pub := freeAddr(t)
@@ -518,5 +520,60 @@ func TestListenerRebound(t *testing.T) {
 	eventually(t, "listener bound again", func() error { return roundTrip(up, "after") })
 	if err := client.Serving(); err != nil {
 		t.Errorf("after the rebind: %v", err)
+	}
+}
+
+// flakyListener fails its first Accepts with EMFILE, as a process out of
+// file descriptors does, then accepts for real.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int64
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// TestAcceptOutOfFiles: running out of file descriptors is waited out on
+// the same listener, which then serves again; it is not taken for a dead
+// listener.
+func TestAcceptOutOfFiles(t *testing.T) {
+	src := newFakeSource(t)
+	src.defaultOK = true
+	app, _ := echo(t)
+	p := startPlane(t, Options{Source: src, Service: "web", Public: freeAddr(t), App: app})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: ln}
+	fl.fails.Store(3)
+	p.mu.Lock()
+	p.listeners["flaky"] = fl
+	p.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- p.accept("flaky", fl) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	eventually(t, "EMFILE waited out", func() error {
+		if fl.fails.Load() >= 0 {
+			return errors.New("still failing")
+		}
+		return nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("accept gave up on the listener: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	ln.Close()
+	if err := <-done; err == nil {
+		t.Fatal("accept returned no error for a closed listener")
 	}
 }

@@ -179,6 +179,8 @@ func (f *fakeSource) Query(context.Context, string, string) ([]*api.ServiceEntry
 	return nil, errors.New("no prepared queries here")
 }
 
+func (f *fakeSource) DialedDirectly(context.Context, string) (bool, error) { return false, nil }
+
 func (f *fakeSource) Services(context.Context) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

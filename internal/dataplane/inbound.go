@@ -15,14 +15,14 @@ var handshakeTimeout = 10 * time.Second
 // inbound serves one connection to the public listener: mTLS with a
 // verified client certificate from our trust domain, intentions, then the app.
 func (p *Plane) inbound(raw net.Conn) {
+	ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
+	defer cancel()
 	select {
 	case <-p.ready:
-	case <-p.ctx.Done():
+	case <-ctx.Done(): // stopped, or no identity within the handshake timeout
 		raw.Close()
 		return
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
-	defer cancel()
 	c := tls.Server(raw, p.id.ServerConfig())
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
@@ -41,6 +41,9 @@ func (p *Plane) inbound(raw net.Conn) {
 		c.Close()
 		return
 	}
+	// A change of the intentions from here until the connection is tracked
+	// would escape reauthorize: proxy checks again if one came.
+	changed := p.authz.Changed()
 	allow, reason, err := p.authz.Allow(ctx, src)
 	if err != nil || !allow {
 		p.obs.Refused(Inbound)
@@ -58,7 +61,21 @@ func (p *Plane) inbound(raw net.Conn) {
 		c.Close()
 		return
 	}
-	p.proxy(Inbound, c, app, &src)
+	p.proxy(Inbound, c, app, &src, changed)
+}
+
+// stillAllowed checks an inbound source again after the intentions changed;
+// a denied connection is logged and counted here.
+func (p *Plane) stillAllowed(src ServiceID) bool {
+	ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
+	defer cancel()
+	allow, reason, err := p.authz.Allow(ctx, src)
+	if err == nil && !allow {
+		p.log.Info("closing an open connection the intentions now deny", "source", src.Service, "reason", reason)
+		p.obs.Refused(Inbound)
+		return false
+	}
+	return true
 }
 
 // reauthorize closes open inbound connections whose source the intentions
@@ -73,15 +90,7 @@ func (p *Plane) reauthorize() {
 		case <-ch:
 		}
 		for _, t := range p.conns.snapshot() {
-			if t.source == nil {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
-			allow, reason, err := p.authz.Allow(ctx, *t.source)
-			cancel()
-			if err == nil && !allow {
-				p.log.Info("closing an open connection the intentions now deny", "source", t.source.Service, "reason", reason)
-				p.obs.Refused(Inbound)
+			if t.source != nil && !p.stillAllowed(*t.source) {
 				t.close()
 			}
 		}

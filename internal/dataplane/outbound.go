@@ -19,20 +19,21 @@ func (p *Plane) outbound(key string, c net.Conn) {
 		c.Close()
 		return
 	}
-	p.carry(r.u, c, netip.Addr{})
+	p.carry(r.u, c, netip.AddrPort{})
 }
 
-// carry dials the upstream for the local connection c and proxies between them.
-func (p *Plane) carry(u *upstream, c net.Conn, prefer netip.Addr) {
+// carry dials the upstream for the local connection c (exactly instance
+// only, when valid) and proxies between them.
+func (p *Plane) carry(u *upstream, c net.Conn, only netip.AddrPort) {
 	ctx, cancel := context.WithTimeout(p.ctx, 2*handshakeTimeout)
-	remote, err := u.dial(ctx, prefer)
+	remote, err := u.dial(ctx, only)
 	cancel()
 	if err != nil {
 		p.log.Warn("upstream unreachable; connection closed", "upstream", u.cfg.Name, "err", err)
 		c.Close()
 		return
 	}
-	p.proxy(u.cfg.Name, c, remote, nil)
+	p.proxy(u.cfg.Name, c, remote, nil, nil)
 }
 
 func (p *Plane) newUpstream(cfg Upstream) *upstream {

@@ -66,9 +66,11 @@ type Plane struct {
 	obs    Observer
 	conns  *connSet
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup // watches
+	acceptors sync.WaitGroup // accept loops: the only ones that start handlers
+	handlers  sync.WaitGroup // one per accepted connection
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener // by upstream key; "" = public; outboundKey+address
@@ -196,7 +198,9 @@ func (p *Plane) Stop(drain time.Duration) {
 		p.log.Info("closing connections still open after the drain", "open", n)
 	}
 	p.cancel()
-	p.conns.closeAll()
+	p.conns.closeAll() // and refuses what a handler still adds
+	p.acceptors.Wait()
+	p.handlers.Wait()
 	p.wg.Wait()
 }
 
@@ -222,9 +226,9 @@ func (p *Plane) listen(key, addr string) error {
 }
 
 // serve accepts on ln until it is closed by us; a listener that fails on
-// its own is bound again, with backoff.
+// its own is closed and bound again, with backoff.
 func (p *Plane) serve(key string, ln net.Listener) {
-	p.wg.Go(func() {
+	p.acceptors.Go(func() {
 		for {
 			err := p.accept(key, ln)
 			if p.ctx.Err() != nil || !p.owns(key, ln) {
@@ -232,6 +236,7 @@ func (p *Plane) serve(key string, ln net.Listener) {
 			}
 			p.log.Error("listener failed; binding it again", "listener", ln.Addr().String(), "err", err)
 			p.setFailing(key, true)
+			ln.Close() // its address must be free to bind again
 			if ln = p.rebind(key, ln.Addr().String()); ln == nil {
 				return
 			}
@@ -299,33 +304,73 @@ func (p *Plane) rebind(key, addr string) net.Listener {
 	}
 }
 
+// accept serves ln's connections until it fails for good. Running out of
+// file descriptors or memory is not that: it waits (backoff up to 1 s) and
+// accepts again on the same listener.
 func (p *Plane) accept(key string, ln net.Listener) error {
+	backoff := 5 * time.Millisecond
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !transientAccept(err) {
+				return err
 			}
-			return err
+			p.log.Warn("accept failed; trying again", "listener", ln.Addr().String(), "err", err, "backoff", backoff)
+			select {
+			case <-p.ctx.Done():
+				return err
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
+		backoff = 5 * time.Millisecond
 		switch {
 		case key == "":
-			go p.inbound(c)
+			p.handlers.Go(func() { p.inbound(c) })
 		case strings.HasPrefix(key, outboundKey):
-			go p.tp.handle(c)
+			p.handlers.Go(func() { p.tp.handle(c) })
 		default:
-			go p.outbound(key, c)
+			p.handlers.Go(func() { p.outbound(key, c) })
 		}
 	}
 }
 
+// transientAccept reports whether an accept error passes by itself: too
+// many open files, no buffer space, an aborted connection, a timeout.
+func transientAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // proxy tracks a pair of connections while pipe copies between them:
 // client is the side that connected to the plane, server the side the
-// plane dialed.
-func (p *Plane) proxy(direction string, client, server net.Conn, source *ServiceID) {
+// plane dialed. For an inbound connection, source is its verified peer and
+// changed the intentions' change channel from before it was authorized: if
+// that fired before the connection was tracked, it is authorized again.
+func (p *Plane) proxy(direction string, client, server net.Conn, source *ServiceID, changed <-chan struct{}) {
 	t := &tracked{a: client, b: server, source: source}
-	p.conns.add(t)
+	if !p.conns.add(t) {
+		t.close() // the plane stopped meanwhile
+		return
+	}
+	select {
+	case <-changed: // nil for outbound: never
+		if !p.stillAllowed(*source) {
+			p.conns.remove(t)
+			t.close()
+			return
+		}
+	default:
+	}
 	p.obs.ConnOpened(direction)
 	pipe(client, server, func(in, out int64) { p.obs.Transferred(direction, in, out) })
 	p.conns.remove(t)

@@ -31,6 +31,9 @@ type Source interface {
 	Instances(ctx context.Context, service, datacenter string, index uint64) ([]*api.ServiceEntry, uint64, error)
 	// Query executes a prepared query for Connect-capable instances (not blocking).
 	Query(ctx context.Context, name, datacenter string) ([]*api.ServiceEntry, error)
+	// DialedDirectly reports the service-defaults' TransparentProxy.DialedDirectly
+	// of a service (false when it has none).
+	DialedDirectly(ctx context.Context, service string) (bool, error)
 	// Services lists the names of every service in the local datacenter.
 	Services(ctx context.Context) ([]string, error)
 	// MeshDestinationsOnly reports the mesh config entry's
@@ -159,4 +162,17 @@ func (a *AgentSource) Services(ctx context.Context) ([]string, error) {
 		names = append(names, n)
 	}
 	return names, nil
+}
+
+func (a *AgentSource) DialedDirectly(ctx context.Context, service string) (bool, error) {
+	e, _, err := a.client.Load().ConfigEntries().Get(api.ServiceDefaults, service, (&api.QueryOptions{}).WithContext(ctx))
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code == 404 {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("service-defaults of %s: %w", service, err)
+	}
+	sd, ok := e.(*api.ServiceConfigEntry)
+	return ok && sd.TransparentProxy != nil && sd.TransparentProxy.DialedDirectly, nil
 }

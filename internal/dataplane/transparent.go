@@ -12,27 +12,38 @@ import (
 // transparent serves the outbound port that the redirection rules send the
 // app's outbound TCP to. Each connection's original destination is matched
 // against the mesh: a service's virtual IP (any port, as Envoy matches it),
-// or an instance's address and port. A match is carried over mTLS to that
-// service; anything else passes through as plain TCP, unless the mesh
-// config entry says mesh destinations only.
+// or, for a service whose service-defaults say dialed_directly, one of its
+// instances' own address and port. A match is carried over mTLS to that
+// service (to exactly that instance, for an instance address); anything
+// else passes through as plain TCP, unless the mesh config entry says mesh
+// destinations only. Nothing is ever passed through to a virtual IP or to
+// the plane itself.
 type transparent struct {
 	p *Plane
 
-	meshOnly atomic.Bool
+	meshOnly  atomic.Bool
+	meshKnown chan struct{} // closed at the mesh config entry's first answer
+	meshOnce  sync.Once
 
 	mu       sync.Mutex
 	implicit map[string]*upstream // by service name, started on first use
 	vips     map[netip.Addr]string
-	addrs    map[netip.AddrPort]string
+	addrs    map[netip.AddrPort]string // dialed_directly instances only
+	direct   map[string]bool           // services whose instances are dialed directly
 	scanned  time.Time
+
+	scanMu sync.Mutex // one scan at a time; others wait for its result
 }
 
 // scanEvery limits how often a miss triggers a scan of the catalog.
 var scanEvery = 2 * time.Second
 
+// vipRange is Consul's virtual IP range.
+var vipRange = netip.MustParsePrefix("240.0.0.0/4")
+
 func newTransparent(p *Plane) *transparent {
-	return &transparent{p: p, implicit: map[string]*upstream{}, vips: map[netip.Addr]string{},
-		addrs: map[netip.AddrPort]string{}}
+	return &transparent{p: p, meshKnown: make(chan struct{}), implicit: map[string]*upstream{},
+		vips: map[netip.Addr]string{}, addrs: map[netip.AddrPort]string{}, direct: map[string]bool{}}
 }
 
 // vipProbe is an address in Consul's virtual IP range (240.0.0.0/4).
@@ -54,11 +65,33 @@ func (t *transparent) run(ctx context.Context) {
 	t.checkVIPRoute()
 	watch(ctx, t.p.log, "mesh config entry", func(ctx context.Context, index uint64) (uint64, error) {
 		only, next, err := t.p.o.Source.MeshDestinationsOnly(ctx, index)
-		if err == nil && t.meshOnly.Swap(only) != only {
+		if err != nil {
+			return next, err
+		}
+		if t.meshOnly.Swap(only) != only {
 			t.p.log.Info("mesh destinations only", "enabled", only)
 		}
-		return next, err
+		t.meshOnce.Do(func() { close(t.meshKnown) })
+		return next, nil
 	})
+}
+
+// ready waits (bounded) until the plane has its identity and the mesh
+// config entry is known: before that nothing can be carried, and passing
+// through could break mesh destinations only.
+func (t *transparent) ready() bool {
+	timer := time.NewTimer(handshakeTimeout)
+	defer timer.Stop()
+	for _, ch := range []<-chan struct{}{t.p.ready, t.meshKnown} {
+		select {
+		case <-ch:
+		case <-timer.C:
+			return false
+		case <-t.p.ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 func (t *transparent) handle(c net.Conn) {
@@ -69,25 +102,41 @@ func (t *transparent) handle(c net.Conn) {
 		return
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	svc := t.lookup(dst)
-	if svc == "" && t.scan() {
-		svc = t.lookup(dst)
-	}
-	if svc != "" {
-		prefer := netip.Addr{}
-		if _, isVIP := t.vipOf(dst.Addr()); !isVIP {
-			prefer = dst.Addr()
-		}
-		t.p.carry(t.upstreamOf(svc), c, prefer)
-		return
-	}
-	if t.meshOnly.Load() {
-		t.p.obs.Refused(Passthrough)
-		t.p.log.Info("outbound connection outside the mesh refused: mesh destinations only", "destination", dst.String())
+	if dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
+		// The rules never redirect loopback: this is a connection made
+		// straight to the outbound port, whose "original destination" is
+		// the port itself. Passing it through would loop into the plane.
+		t.p.log.Info("connection straight to the outbound port refused", "remote", c.RemoteAddr().String())
 		c.Close()
 		return
 	}
-	t.passthrough(c, dst)
+	if !t.ready() {
+		t.p.log.Warn("redirected connection refused: the plane is not ready", "destination", dst.String())
+		c.Close()
+		return
+	}
+	svc, direct := t.lookup(dst)
+	if svc == "" {
+		t.scan()
+		svc, direct = t.lookup(dst)
+	}
+	switch {
+	case svc != "":
+		only := netip.AddrPort{}
+		if direct {
+			only = dst
+		}
+		t.p.carry(t.upstreamOf(svc), c, only)
+	case vipRange.Contains(dst.Addr()):
+		t.p.log.Info("outbound connection to an unknown virtual IP refused", "destination", dst.String())
+		c.Close()
+	case t.meshOnly.Load():
+		t.p.obs.Refused(Passthrough)
+		t.p.log.Info("outbound connection outside the mesh refused: mesh destinations only", "destination", dst.String())
+		c.Close()
+	default:
+		t.passthrough(c, dst)
+	}
 }
 
 // passthrough connects to the original destination as plain TCP, with the
@@ -101,23 +150,21 @@ func (t *transparent) passthrough(c net.Conn, dst netip.AddrPort) {
 		c.Close()
 		return
 	}
-	t.p.proxy(Passthrough, c, remote, nil)
+	t.p.proxy(Passthrough, c, remote, nil, nil)
 }
 
-func (t *transparent) vipOf(a netip.Addr) (string, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s, ok := t.vips[a]
-	return s, ok
-}
-
-func (t *transparent) lookup(dst netip.AddrPort) string {
+// lookup maps a destination to a service: its virtual IP, or a
+// dialed-directly instance's address and port (direct).
+func (t *transparent) lookup(dst netip.AddrPort) (svc string, direct bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s, ok := t.vips[dst.Addr()]; ok {
-		return s
+		return s, false
 	}
-	return t.addrs[dst]
+	if s, ok := t.addrs[dst]; ok {
+		return s, true
+	}
+	return "", false
 }
 
 // upstreamOf returns the implicit upstream of a service, starting its watch
@@ -131,11 +178,14 @@ func (t *transparent) upstreamOf(svc string) *upstream {
 	u := t.p.newUpstream(Upstream{Key: "transparent:" + svc, Name: svc})
 	u.changed = func() { t.learn(u) }
 	t.implicit[svc] = u
-	t.p.wg.Go(func() { u.run(t.p.ctx) })
+	if t.p.ctx.Err() == nil {
+		t.p.wg.Go(func() { u.run(t.p.ctx) })
+	}
 	return u
 }
 
-// learn records the virtual IP and instance addresses of an upstream's targets.
+// learn records the virtual IP and (dialed directly) instance addresses of
+// an upstream's targets.
 func (t *transparent) learn(u *upstream) {
 	p := u.targets.Load()
 	if p == nil {
@@ -152,43 +202,60 @@ func (t *transparent) remember(svc string, tg target) {
 	if tg.vip.IsValid() {
 		t.vips[tg.vip] = svc
 	}
-	if tg.appPort != 0 {
+	if tg.appPort != 0 && t.direct[svc] {
 		t.addrs[netip.AddrPortFrom(tg.ip, uint16(tg.appPort))] = svc
 	}
 }
 
-// scan reads the catalog once for every service's virtual IP and instance
-// addresses; at most once per scanEvery. It reports whether it ran.
-func (t *transparent) scan() bool {
+// scan reads the catalog for every service's virtual IP and, for services
+// dialed directly, their instances' addresses; it rebuilds the maps from
+// what it read (plus the watched upstreams). At most once per scanEvery;
+// a caller arriving during a scan waits for it.
+func (t *transparent) scan() {
+	t.scanMu.Lock()
+	defer t.scanMu.Unlock()
 	t.mu.Lock()
-	if time.Since(t.scanned) < scanEvery {
-		t.mu.Unlock()
-		return false
-	}
-	t.scanned = time.Now()
+	recent := time.Since(t.scanned) < scanEvery
 	t.mu.Unlock()
+	if recent {
+		return
+	}
 	ctx, cancel := context.WithTimeout(t.p.ctx, handshakeTimeout)
 	defer cancel()
 	names, err := t.p.o.Source.Services(ctx)
 	if err != nil {
 		t.p.log.Warn("scan of the catalog for the mesh's addresses failed", "err", err)
-		return false
+		return
 	}
+	vips, addrs, direct := map[netip.Addr]string{}, map[netip.AddrPort]string{}, map[string]bool{}
 	probe := t.p.newUpstream(Upstream{})
 	for _, name := range names {
 		es, _, err := t.p.o.Source.Instances(ctx, name, "", 0)
-		if err != nil {
+		if err != nil || len(es) == 0 {
 			continue
 		}
-		t.mu.Lock()
+		direct[name], _ = t.p.o.Source.DialedDirectly(ctx, name)
 		for _, e := range es {
 			tg, ok := probe.target(e)
 			if !ok {
 				continue
 			}
-			t.remember(tg.want.Service, tg)
+			if tg.vip.IsValid() {
+				vips[tg.vip] = tg.want.Service
+			}
+			if tg.appPort != 0 && direct[name] {
+				addrs[netip.AddrPortFrom(tg.ip, uint16(tg.appPort))] = tg.want.Service
+			}
 		}
-		t.mu.Unlock()
 	}
-	return true
+	t.mu.Lock()
+	t.vips, t.addrs, t.direct, t.scanned = vips, addrs, direct, time.Now()
+	ups := make([]*upstream, 0, len(t.implicit))
+	for _, u := range t.implicit {
+		ups = append(ups, u)
+	}
+	t.mu.Unlock()
+	for _, u := range ups {
+		t.learn(u)
+	}
 }

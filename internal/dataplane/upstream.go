@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -178,9 +179,9 @@ var errNoInstances = errors.New("no healthy instances")
 const dialAttempts = 3
 
 // dial opens an mTLS connection to a healthy instance, trying another when
-// one fails; prefer, when valid, is tried first (transparent proxy to an
-// instance address).
-func (u *upstream) dial(ctx context.Context, prefer netip.Addr) (*tls.Conn, error) {
+// one fails. With only valid (transparent proxy to an instance's own
+// address and port), exactly that instance is dialed, or none.
+func (u *upstream) dial(ctx context.Context, only netip.AddrPort) (*tls.Conn, error) {
 	select {
 	case <-u.known:
 	case <-ctx.Done():
@@ -191,14 +192,14 @@ func (u *upstream) dial(ctx context.Context, prefer netip.Addr) (*tls.Conn, erro
 		return nil, fmt.Errorf("%s: %w", u.cfg.Name, errNoInstances)
 	}
 	ts := *p
-	start := int(u.rr.Add(1) % uint64(len(ts)))
-	if prefer.IsValid() {
-		for i, t := range ts {
-			if t.ip == prefer {
-				start = i
-			}
+	if only.IsValid() {
+		i := slices.IndexFunc(ts, func(t target) bool { return t.ip == only.Addr() && t.appPort == int(only.Port()) })
+		if i < 0 {
+			return nil, fmt.Errorf("%s: %s is not a healthy instance of it", u.cfg.Name, only)
 		}
+		ts = ts[i : i+1]
 	}
+	start := int(u.rr.Add(1) % uint64(len(ts)))
 	var errs []error
 	for i := 0; i < min(dialAttempts, len(ts)); i++ {
 		t := ts[(start+i)%len(ts)]

@@ -9,33 +9,28 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/meshx/meshx/internal/testutil"
 )
 
 // dataPaths starts, on one agent, three ways to one echo app: straight
 // (plain loopback TCP), through a pair of Consul built-in proxies, and
-// through a pair of native planes; it returns the local port of each.
+// through a pair of native planes. Both pairs are run by meshx (connect and
+// native mode), each proxy in a process of its own, apart from the load
+// generator; it returns the local port of each way.
 func dataPaths(b *testing.B) map[string]int {
-	m := newMesh(b, benchHCL)
+	c := testutil.StartConsul(b, benchHCL)
+	h := newHost(b, c, "")
 	app := echoApp(b)
-	p := map[string]int{"plain": app}
-	ports := map[string]int{}
-	for _, k := range []string{"bweb", "bclient", "bup", "nweb", "nclient", "nup"} {
-		ports[k] = testutil.FreePort(b)
+	for _, mode := range []string{"connect", "native"} {
+		p := mode[:1]
+		h.service(p+"web.yaml", fmt.Sprintf("version: 1\nservice: {name: %sweb, port: %d}\ncheck: {probe: none}\nproxy: {mode: %s}\n", p, echoApp(b), mode))
+		h.service(p+"client.yaml", fmt.Sprintf("version: 1\nservice: {name: %sclient}\ncheck: {probe: none}\nupstreams: [{name: %sweb}]\nproxy: {mode: %s}\n", p, p, mode))
 	}
-	m.register("bweb", "bweb-1", app, ports["bweb"])
-	m.register("bclient", "bclient-1", 0, ports["bclient"],
-		api.Upstream{DestinationName: "bweb", LocalBindAddress: "127.0.0.1", LocalBindPort: ports["bup"]})
-	m.builtin("bweb-1")
-	m.builtin("bclient-1")
-	m.register("nweb", "nweb-1", app, ports["nweb"])
-	m.register("nclient", "nclient-1", 0, ports["nclient"])
-	m.plane("nweb", ports["nweb"], app)
-	m.plane("nclient", ports["nclient"], 0, upstreamTo("nweb", ports["nup"]))
-	p["builtin"], p["native"] = ports["bup"], ports["nup"]
-	for name, port := range p {
+	h.foreground()
+	h.waitPassing(60*time.Second, "cweb-testhost", "cclient-testhost", "nweb-testhost", "nclient-testhost")
+	paths := map[string]int{"plain": app, "builtin": h.plan("cclient").Upstreams[0].Port,
+		"native": h.plan("nclient").Upstreams[0].Port}
+	for name, port := range paths {
 		testutil.Eventually(b, 30*time.Second, func() error {
 			if err := echoThrough(port, 1024, 1, false); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -43,7 +38,7 @@ func dataPaths(b *testing.B) map[string]int {
 			return nil
 		})
 	}
-	return p
+	return paths
 }
 
 var pathOrder = []string{"plain", "builtin", "native"}

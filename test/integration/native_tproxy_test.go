@@ -137,6 +137,23 @@ transparent_proxy: {enabled: true, dns: {enabled: true, address: "127.0.0.1:%d"}
 	})
 	t.Logf("web: virtual IP %s, advertised address %q", vip, addr)
 
+	t.Run("the first connections, all at once, to a virtual IP never seen", func(t *testing.T) {
+		errs := make(chan error, 8)
+		for range 8 {
+			go func() {
+				out, err := curlIn(t, ns, "", "http://"+vip+"/")
+				if err == nil && out != "hello from web" {
+					err = fmt.Errorf("answered %q", out)
+				}
+				errs <- err
+			}()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	})
 	for _, user := range []string{"", "65534"} {
 		who := map[string]string{"": "root", "65534": "nobody"}[user]
 		t.Run("by name as "+who, func(t *testing.T) {
@@ -153,12 +170,32 @@ transparent_proxy: {enabled: true, dns: {enabled: true, address: "127.0.0.1:%d"}
 			}
 		})
 	}
-	t.Run("an instance's own address and port", func(t *testing.T) {
+	t.Run("an instance's own address and port, only when dialed directly", func(t *testing.T) {
 		// web's app listens on loopback only: 192.0.2.10:8080 is reached
-		// through the mesh or not at all.
-		out, err := curlIn(t, ns, "", "http://192.0.2.10:8080/")
-		if err != nil || out != "hello from web" {
-			t.Fatalf("%q, %v", out, err)
+		// through the mesh or not at all. Without service-defaults'
+		// dialed_directly the catalog's instance addresses are not trusted
+		// (anyone who can register could claim any address).
+		if out, err := curlIn(t, ns, "", "http://192.0.2.10:8080/"); err == nil {
+			t.Fatalf("an instance address matched without dialed_directly: %q", out)
+		}
+		if _, _, err := h.client().ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
+			TransparentProxy: &api.TransparentProxyConfig{DialedDirectly: true}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 20*time.Second, func() error {
+			out, err := curlIn(t, ns, "", "http://192.0.2.10:8080/")
+			if err != nil || out != "hello from web" {
+				return fmt.Errorf("%q, %v", out, err)
+			}
+			return nil
+		})
+	})
+	t.Run("a connection straight to the outbound port is refused, not looped", func(t *testing.T) {
+		if out, err := curlIn(t, ns, "", "http://127.0.0.1:15001/"); err == nil {
+			t.Fatalf("answered: %q", out)
+		}
+		if out, err := curlIn(t, ns, "", "http://web.virtual.consul/"); err != nil || out != "hello from web" {
+			t.Fatalf("the plane after it: %q, %v", out, err)
 		}
 	})
 	t.Run("virtual IP on an arbitrary port", func(t *testing.T) {

@@ -180,7 +180,7 @@ func TestNativeUpstreamHealth(t *testing.T) {
 
 	t.Run("a critical instance gets no new connections", func(t *testing.T) {
 		m.setHealth("web-1", api.HealthCritical)
-		testutil.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, func() error {
 			got, err := seen(20)
 			if err != nil || got["web-1"] != 0 {
 				return fmt.Errorf("with web-1 critical: %v, %v", got, err)
@@ -192,7 +192,7 @@ func TestNativeUpstreamHealth(t *testing.T) {
 	t.Run("a failed dial is retried on another instance", func(t *testing.T) {
 		// web-dead passes in the catalog but nothing listens on its port.
 		m.register("web", "web-dead", 1, testutil.FreePort(t))
-		testutil.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, func() error {
 			es, _, err := m.cl.Health().Connect("web", "", true, nil)
 			if err != nil || len(es) != 2 {
 				return fmt.Errorf("%d passing instances, %v", len(es), err)
@@ -212,7 +212,7 @@ func TestNativeUpstreamHealth(t *testing.T) {
 
 	t.Run("every instance critical fails fast", func(t *testing.T) {
 		m.setHealth("web-2", api.HealthCritical)
-		testutil.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, func() error {
 			start := time.Now()
 			if out, err := readName(up); err == nil {
 				return fmt.Errorf("reached %q with every instance critical", out)
@@ -231,7 +231,7 @@ func TestNativeUpstreamHealth(t *testing.T) {
 		app, side := nameApp(t, "web-3"), testutil.FreePort(t)
 		m.register("web", "web-3", app, side)
 		m.plane("web", side, app)
-		testutil.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, func() error {
 			got, err := seen(5)
 			if err != nil || got["web-3"] != 5 {
 				return fmt.Errorf("%v, %v", got, err)

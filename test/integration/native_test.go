@@ -235,7 +235,7 @@ func TestNativeMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _, _ = h.client().ConfigEntries().Delete(api.ServiceIntentions, "web", nil) }()
-		testutil.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, func() error {
 			if out, err := readName(ups["web"]); err == nil {
 				return fmt.Errorf("denied source got %q", out)
 			}
@@ -327,7 +327,7 @@ func TestNativeACLDefaultDeny(t *testing.T) {
 	m.plane("client", cside, 0, upstreamTo("web", up))
 	denied := func(when string) {
 		t.Helper()
-		testutil.Eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, func() error {
 			if out, err := readName(up); err == nil {
 				return fmt.Errorf("%s: allowed, got %q", when, out)
 			}
@@ -339,7 +339,7 @@ func TestNativeACLDefaultDeny(t *testing.T) {
 	}
 	denied("no intention, ACL default deny")
 	m.intention("web", allow("client"))
-	testutil.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		out, err := readName(up)
 		if err != nil || out != "web" {
 			return fmt.Errorf("allow intention: %q, %v", out, err)
@@ -350,7 +350,7 @@ func TestNativeACLDefaultDeny(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := m.obs["web"].refused.Load()
-	testutil.Eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		if out, err := readName(up); err == nil {
 			return fmt.Errorf("intention removed: still allowed, got %q", out)
 		}

@@ -87,6 +87,19 @@ func (s *Service) validate(p *Problems) {
 	if _, ok := s.fields["proxy.command"]; ok && len(s.Proxy.Command) == 0 {
 		at("proxy.command", "must not be empty (omit it for the default)")
 	}
+	if len(s.Proxy.Command) > 0 && s.Proxy.Command[0] == "" {
+		at("proxy.command[0]", "the program must not be empty")
+	}
+	for _, args := range []struct {
+		field string
+		argv  []string
+	}{{"proxy.command", s.Proxy.Command}, {"proxy.extra_args", s.Proxy.ExtraArgs}} {
+		for i, a := range args.argv {
+			if strings.ContainsRune(a, 0) {
+				at(fieldIndex(args.field, i), "an argument cannot hold a NUL byte")
+			}
+		}
+	}
 	switch {
 	case len(s.Proxy.ExtraArgs) > 0 && s.Proxy.Mode != ModeEnvoy:
 		at("proxy.extra_args", "extra arguments are passed to Envoy: they need proxy.mode envoy")
@@ -191,6 +204,9 @@ func (u Upstream) Key() string {
 	return k
 }
 
+// maxUID is the largest user id (2^32-2; 2^32-1 is "no user").
+const maxUID = 1<<32 - 2
+
 func (s *Service) validateTransparent(at func(string, string, ...any)) {
 	t := s.Transparent
 	if t == nil {
@@ -212,8 +228,11 @@ func (s *Service) validateTransparent(at func(string, string, ...any)) {
 	ports("transparent_proxy.exclude_inbound_ports", t.ExcludeInboundPorts)
 	ports("transparent_proxy.exclude_outbound_ports", t.ExcludeOutboundPorts)
 	for i, u := range t.ExcludeUIDs {
-		if u < 0 {
+		switch {
+		case u < 0:
 			at(fieldIndex("transparent_proxy.exclude_uids", i), "uid %d is negative", u)
+		case u > maxUID:
+			at(fieldIndex("transparent_proxy.exclude_uids", i), "uid %d is above the largest, %d", u, maxUID)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package config
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -48,11 +47,13 @@ func IsServiceFile(name string) bool {
 func LoadServices(dir string, d Defaults) (*Set, error) {
 	set := &Set{Broken: map[string]error{}}
 	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return set, nil
+	if _, lerr := os.Lstat(dir); errors.Is(lerr, fs.ErrNotExist) {
+		return set, nil // missing, not a dangling link
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read service-configs: %w", err)
+	if err != nil { // a file, a dangling link, no permission: bad input
+		p := &Problems{file: dir}
+		p.add(0, "", "cannot read the service-config directory: %s", readReason(dir, err))
+		return nil, p.Err()
 	}
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())

@@ -220,8 +220,14 @@ func checkProxy(px *api.AgentServiceConnectProxyConfig, f string, at atFunc) {
 		if u.DestinationType != api.UpstreamDestTypePreparedQuery && !config.ValidName(u.DestinationName) {
 			at(uf+".DestinationName", "invalid upstream name %q", u.DestinationName)
 		}
-		if u.LocalBindSocketPath == "" && (u.LocalBindPort < 1 || u.LocalBindPort > 65535) {
+		switch {
+		case u.LocalBindSocketPath != "" && u.LocalBindPort != 0:
+			at(uf+".LocalBindSocketPath", "an upstream listens on LocalBindPort or on LocalBindSocketPath, not both")
+		case u.LocalBindSocketPath == "" && (u.LocalBindPort < 1 || u.LocalBindPort > 65535):
 			at(uf+".LocalBindPort", "port %d out of range 1-65535", u.LocalBindPort)
+		}
+		if u.DestinationPeer != "" && u.Datacenter != "" {
+			at(uf+".Datacenter", "an upstream names a DestinationPeer or a Datacenter, not both")
 		}
 		where := net.JoinHostPort(u.LocalBindAddress, strconv.Itoa(u.LocalBindPort))
 		if u.LocalBindSocketPath != "" {

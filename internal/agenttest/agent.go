@@ -136,7 +136,7 @@ func (a *Agent) register(r *api.AgentServiceRegistration) {
 	}
 	port := r.Port
 	s := &api.AgentService{ID: r.ID, Service: r.Name, Kind: kind, Port: port, Address: r.Address,
-		Tags: append([]string(nil), r.Tags...), Meta: map[string]string{}}
+		Tags: append([]string(nil), r.Tags...), Meta: map[string]string{}, Proxy: r.Proxy}
 	for k, v := range r.Meta {
 		s.Meta[k] = v
 	}
@@ -155,6 +155,9 @@ func (a *Agent) register(r *api.AgentServiceRegistration) {
 		sc.Kind = api.ServiceKindConnectProxy
 		if sc.Port == 0 {
 			sc.Port = 21000
+		}
+		if len(sc.Tags) == 0 { // as Consul does: the sidecar takes the service's tags
+			sc.Tags = r.Tags
 		}
 		a.register(&sc)
 	}

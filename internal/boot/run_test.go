@@ -5,18 +5,23 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/agenttest"
 	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/process"
 	"github.com/meshx/meshx/internal/register"
+	"github.com/meshx/meshx/internal/state"
+	"github.com/meshx/meshx/internal/testutil"
 )
 
 // fakeEnv is testEnv with an in-memory agent behind Env.Connect and stderr
@@ -286,5 +291,96 @@ func TestConnectDisconnectWithFakeAgent(t *testing.T) {
 	}
 	if pl, _ := env.Dirs.LoadPlan("web"); len(pl.Upstreams) != 1 || pl.Upstreams[0].Name != "db" {
 		t.Errorf("upstreams after disconnect: %+v", pl.Upstreams)
+	}
+}
+
+// TestDiffWithFakeAgent: render --diff says what a run would do, field by
+// field, and sends nothing that changes the agent.
+func TestDiffWithFakeAgent(t *testing.T) {
+	env, ag, out, _ := fakeEnv(t, "")
+	service(t, env, "web.yaml", "version: 1\nservice: {name: web, port: 8080, tags: [v1]}\n")
+	ctx := context.Background()
+	if err := Run(ctx, env, RunOptions{Systemd: "no"}); err != nil {
+		t.Fatal(err)
+	}
+	service(t, env, "web.yaml", "version: 1\nservice: {name: web, port: 8080, tags: [v2]}\n")
+	service(t, env, "api.yaml", "version: 1\nservice: {name: api, port: 8081}\n")
+	ag.Register(&api.AgentServiceRegistration{ID: "old-h1", Name: "old",
+		Meta: map[string]string{plan.MetaManaged: "true", plan.MetaHost: "h1", plan.MetaName: "old"}})
+	ag.Register(&api.AgentServiceRegistration{ID: "db-h1", Name: "db", Port: 5432})
+	service(t, env, "db.yaml", "version: 1\nservice: {name: db, port: 5433}\n")
+	before := len(ag.Calls())
+	out.Reset()
+	if err := Diff(ctx, env, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"api (api-h1): register\n",
+		"web (web-h1): update\n  ~ service.tags: v1 -> v2\n  ~ sidecar.tags: v1 -> v2\n",
+		"db (db-h1): refused: registered by someone else",
+		"old (old-h1): deregister: an owned service",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("diff lacks %q:\n%s", want, out)
+		}
+	}
+	if w := writes(ag.Calls()[before:]); len(w) != 0 {
+		t.Errorf("diff wrote %q", w)
+	}
+	out.Reset()
+	if err := Diff(ctx, env, []string{"api"}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "web") || !strings.Contains(out.String(), "api (api-h1): register") {
+		t.Errorf("diff of api alone:\n%s", out)
+	}
+}
+
+// fakeMeshxProxy starts a process standing in for a foreground meshx-proxy
+// and publishes its status: it records each SIGHUP in hups and exits at
+// SIGTERM.
+func fakeMeshxProxy(t *testing.T, env Env, name string) (pid int, hups string, done <-chan struct{}) {
+	t.Helper()
+	dir := t.TempDir()
+	hups, ready := filepath.Join(dir, "hups"), filepath.Join(dir, "ready")
+	pid, done = testutil.Spawn(t, "sh", "-c", `trap 'echo hup >> "$0"' HUP; trap 'exit 0' TERM; touch "$1"; while :; do sleep 0.05; done`, hups, ready)
+	testutil.Eventually(t, 5*time.Second, func() error { _, err := os.Stat(ready); return err })
+	if err := env.Dirs.SaveStatus(state.Status{Service: name, PID: pid, StartTime: process.StartTime(pid)}); err != nil {
+		t.Fatal(err)
+	}
+	return pid, hups, done
+}
+
+// TestForegroundProxySignals: a changed plan sends its running meshx-proxy
+// SIGHUP; stop without systemd sends it SIGTERM and waits for it.
+func TestForegroundProxySignals(t *testing.T) {
+	env, ag, _, _ := fakeEnv(t, "")
+	service(t, env, "web.yaml", "version: 1\nservice: {name: web, port: 8080}\n")
+	ctx := context.Background()
+	if err := Run(ctx, env, RunOptions{Systemd: "no"}); err != nil {
+		t.Fatal(err)
+	}
+	pid, hups, _ := fakeMeshxProxy(t, env, "web")
+	if err := Connect(ctx, env, "web", []string{"db:9300"}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if b, _ := os.ReadFile(hups); string(b) != "hup\n" {
+			return fmt.Errorf("hups %q, want one", b)
+		}
+		return nil
+	})
+	before := len(ag.Calls())
+	if err := Stop(ctx, env, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if process.Alive(pid) {
+		t.Error("Stop returned with the meshx-proxy still running")
+	}
+	if w := writes(ag.Calls()[before:]); !slices.Contains(w, "deregister web-h1") {
+		t.Errorf("writes %q, want web deregistered", w)
+	}
+	if stopProxy(ctx, env, "web") {
+		t.Error("stopProxy found a meshx-proxy that had exited")
 	}
 }

@@ -143,7 +143,7 @@ type Status struct {
 	Service    string    `json:"service"`
 	ID         string    `json:"id"`
 	PID        int       `json:"pid"`
-	StartTime  string    `json:"start_time"` // of PID (ProcStart): guards signals against a reused pid
+	StartTime  string    `json:"start_time"` // of PID (process.StartTime): guards signals against a reused pid
 	ProxyPID   int       `json:"proxy_pid"`
 	ProxyState string    `json:"proxy_state"`
 	Restarts   int       `json:"restarts"`

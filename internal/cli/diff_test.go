@@ -83,6 +83,9 @@ func TestRenderDiff(t *testing.T) {
 	if r := run(t, initMain, h.flags("render", "--diff", "web")...); r.stdout != "web (web-h1): unchanged\n" {
 		t.Errorf("render --diff web: %q, want web's line only", r.stdout)
 	}
+	// A change outside the listed fields is still an update.
+	h.write("services.d/web.yaml", "version: 1\nservice: {name: web, port: 8090, tags: [v1, v2]}\ncheck: {ttl: 20s}\n")
+	diff("after a change of web's check TTL")
 	testutil.Golden(t, filepath.Join("testdata", "render-diff.golden"), []byte(golden.String()))
 }
 

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/testutil"
 )
 
 func TestParseServiceID(t *testing.T) {
@@ -171,24 +173,8 @@ func freeAddr(t testing.TB) string {
 
 // echo serves an echo app and counts its connections.
 func echo(t testing.TB) (string, *atomic.Int64) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	var n atomic.Int64
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return l.Addr().String(), &n
+	addr, n := testutil.EchoApp(t)
+	return addr.String(), n
 }
 
 func startPlane(t testing.TB, o Options) *Plane {
@@ -221,20 +207,7 @@ func roundTrip(addr, msg string) error {
 	return echoOn(c, msg)
 }
 
-func echoOn(c net.Conn, msg string) error {
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return err
-	}
-	b := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, b); err != nil {
-		return err
-	}
-	if string(b) != msg {
-		return errors.New("echo differs")
-	}
-	return nil
-}
+func echoOn(c net.Conn, msg string) error { return testutil.EchoOnce(c, msg) }
 
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
@@ -351,18 +324,34 @@ func TestPlaneForeignCA(t *testing.T) {
 	}
 }
 
+// hold opens a connection through addr, once the mesh carries it, for the
+// test to keep open; it is closed when the test ends.
+func hold(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	var held net.Conn
+	eventually(t, "mesh up", func() error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		if err := echoOn(c, "open"); err != nil {
+			c.Close()
+			return err
+		}
+		held = c
+		return nil
+	})
+	t.Cleanup(func() { held.Close() })
+	return held
+}
+
 // TestPlaneSetUpstreams: a new upstream opens a listener, a removed one
 // closes, the rest carry on with their open connections.
 func TestPlaneSetUpstreams(t *testing.T) {
 	src := newFakeSource(t)
 	src.defaultOK = true
 	up, _, client, _ := meshPair(t, src)
-	held, err := net.Dial("tcp", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	eventually(t, "mesh up", func() error { return echoOn(held, "first") })
+	held := hold(t, up)
 	extra := freeAddr(t)
 	if err := client.SetUpstreams([]Upstream{{Name: "web", Bind: up}, {Name: "web", Bind: extra}}); err != nil {
 		t.Fatal(err)
@@ -388,12 +377,7 @@ func TestPlaneStopDrains(t *testing.T) {
 	src := newFakeSource(t)
 	src.defaultOK = true
 	up, _, client, _ := meshPair(t, src)
-	held, err := net.Dial("tcp", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	eventually(t, "mesh up", func() error { return echoOn(held, "x") })
+	held := hold(t, up)
 	stopped := make(chan struct{})
 	start := time.Now()
 	go func() { client.Stop(500 * time.Millisecond); close(stopped) }()

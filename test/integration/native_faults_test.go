@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -21,29 +20,12 @@ import (
 	"github.com/meshx/meshx/internal/testutil"
 )
 
-// echoOnce writes msg on an open connection and reads the echo back.
-func echoOnce(c net.Conn, msg string) error {
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, msg); err != nil {
-		return err
-	}
-	b := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, b); err != nil {
-		return err
-	}
-	if string(b) != msg {
-		return fmt.Errorf("echo %q, want %q", b, msg)
-	}
-	return nil
-}
-
 func openEcho(port int) (net.Conn, error) {
 	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 3*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	if err := echoOnce(c, "hello"); err != nil {
+	if err := testutil.EchoOnce(c, "hello"); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -140,7 +122,7 @@ func TestNativeCARotation(t *testing.T) {
 			return nil
 		})
 	}
-	if err := echoOnce(held, "still here"); err != nil {
+	if err := testutil.EchoOnce(held, "still here"); err != nil {
 		t.Fatalf("established connection lost across the CA rotation: %v", err)
 	}
 }
@@ -263,12 +245,12 @@ func TestNativeAgentRestart(t *testing.T) {
 	})
 	defer held.Close()
 	m.c.Restart(t)
-	if err := echoOnce(held, "across the restart"); err != nil {
+	if err := testutil.EchoOnce(held, "across the restart"); err != nil {
 		t.Fatalf("established connection lost when the agent restarted: %v", err)
 	}
 	register()
 	testutil.Eventually(t, 60*time.Second, func() error { return echoThrough(up, 64<<10, 5, true) })
-	if err := echoOnce(held, "still"); err != nil {
+	if err := testutil.EchoOnce(held, "still"); err != nil {
 		t.Fatalf("established connection lost after the agent came back: %v", err)
 	}
 }

@@ -140,27 +140,8 @@ func upstreamTo(name string, port int) dataplane.Upstream {
 // echoApp echoes every connection back and closes its write side at EOF
 // (so a half-close must cross the mesh both ways for a client to finish).
 func echoApp(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
+	addr, _ := testutil.EchoApp(t)
+	return addr.Port
 }
 
 // nameApp answers every connection with its name and holds it open until
@@ -173,27 +154,12 @@ func nameApp(t testing.TB, name string) int {
 // countingApp is nameApp that also counts the connections it accepted.
 func countingApp(t testing.TB, name string) (int, *atomic.Int64) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	var n atomic.Int64
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			go func() {
-				defer c.Close()
-				_, _ = io.WriteString(c, name)
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port, &n
+	addr, n := testutil.ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		_, _ = io.WriteString(c, name)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	return addr.Port, n
 }
 
 // readName connects to a local port and reads the far app's name.

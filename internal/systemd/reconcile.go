@@ -68,6 +68,7 @@ type Bus interface {
 	StartUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error)
 	StopUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error)
 	RestartUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error)
+	ReloadOrRestartUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error)
 	ResetFailedUnitContext(ctx context.Context, name string) error
 }
 
@@ -298,8 +299,10 @@ func (r *reconciler) retire(ctx context.Context, u string) error {
 	return errors.Join(errs...)
 }
 
-// startNetns starts the meshx-netns@ unit of every namespaced instance (all
-// jobs enqueued at once) and waits for them: they are not ordered after
+// startNetns starts the meshx-netns@ unit of every namespaced instance, or
+// reloads it when it is active (its ExecReload is `netns up` again: CNI CHECK,
+// and a repair when the namespace is broken or the plan changed it), all jobs
+// enqueued at once, and waits for them: they are not ordered after
 // meshx-init, so this cannot deadlock at boot, and each instance that joins a
 // namespace starts only once it exists. A failure is its instance's error.
 func (r *reconciler) startNetns(ctx context.Context, plans []*plan) {
@@ -310,7 +313,7 @@ func (r *reconciler) startNetns(ctx context.Context, plans []*plan) {
 		}
 		u := NetnsUnitName(p.Service)
 		ch := make(chan string, 1)
-		if _, err := r.Bus.StartUnitContext(ctx, u, "replace", ch); err != nil {
+		if _, err := r.Bus.ReloadOrRestartUnitContext(ctx, u, "replace", ch); err != nil {
 			p.Err = fmt.Errorf("start %s: %w", u, err)
 			continue
 		}

@@ -130,6 +130,10 @@ func (b *fakeBus) StopUnitContext(_ context.Context, u, mode string, ch chan<- s
 	return b.job("stop", u, ch, "inactive")
 }
 
+func (b *fakeBus) ReloadOrRestartUnitContext(_ context.Context, u, mode string, ch chan<- string) (int, error) {
+	return b.job("reload-or-restart", u, ch, "active")
+}
+
 func (b *fakeBus) RestartUnitContext(_ context.Context, u, mode string, ch chan<- string) (int, error) {
 	return b.job("restart", u, ch, "active")
 }
@@ -395,8 +399,8 @@ func TestReconcileNamespace(t *testing.T) {
 	wantCalls(t, e.bus,
 		`enable meshx-proxy@api.service,meshx-proxy@db.service,meshx-proxy@web.service`,
 		"reload",
-		"start meshx-netns@api.service",
-		"start meshx-netns@db.service",
+		"reload-or-restart meshx-netns@api.service",
+		"reload-or-restart meshx-netns@db.service",
 		"start meshx-proxy@api.service",
 		"start meshx-proxy@db.service",
 		"start meshx-proxy@web.service")
@@ -412,7 +416,7 @@ func TestReconcileNamespace(t *testing.T) {
 	wantDid(t, actions, "api: stopped+disabled", "db: already active", "web: already active")
 	wantCalls(t, e.bus,
 		"stop meshx-proxy@api.service", "stop meshx-netns@api.service", "disable meshx-proxy@api.service",
-		"enable meshx-proxy@db.service,meshx-proxy@web.service", "reload", "start meshx-netns@db.service")
+		"enable meshx-proxy@db.service,meshx-proxy@web.service", "reload", "reload-or-restart meshx-netns@db.service")
 	if _, err := os.Stat(e.dropIn("api")); !os.IsNotExist(err) {
 		t.Errorf("api's drop-in left: %v", err)
 	}

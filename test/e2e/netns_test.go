@@ -365,6 +365,10 @@ func TestNamespacedServices(t *testing.T) {
 		if _, ok := rows["c"]; ok {
 			t.Errorf("c still in status")
 		}
+		// The reload re-ran netns up on a's intact namespace: checked, unchanged.
+		if j := a.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "-u", "meshx-netns@a.service"); !strings.Contains(j, "\t"+first["a"].Netns.Address+"\tunchanged") {
+			t.Errorf("the reload did not find a's namespace unchanged:\n%s", j)
+		}
 		nsWaitCalls(t, a, map[string]string{"a": "b"})
 	})
 	step(t, "meshx-init stop removes the namespace; a reload brings it back at its address", func(t *testing.T) {
@@ -380,6 +384,20 @@ func TestNamespacedServices(t *testing.T) {
 		rows := nsWaitPassing(t, a, "a", "b")
 		if rows["b"].Netns.Address != first["b"].Netns.Address {
 			t.Errorf("b came back at %s, was %s", rows["b"].Netns.Address, first["b"].Netns.Address)
+		}
+		nsWaitCalls(t, a, map[string]string{"a": "b"})
+	})
+	step(t, "a namespace broken from outside is repaired in place by the next run", func(t *testing.T) {
+		a.MustExec("ip", "-n", "meshx-b", "link", "del", "eth0")
+		if _, err := nsCall(a, "a", "http://b.virtual.consul/"); err == nil {
+			t.Fatalf("a still reaches b with b's link deleted: the repair is not exercised")
+		}
+		a.MustExec("systemctl", "reload", "meshx-init.service")
+		if j := a.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "-u", "meshx-netns@b.service"); !strings.Contains(j, "\trepaired") {
+			t.Errorf("no repair of b's namespace in its journal:\n%s", j)
+		}
+		if st := a.Show("meshx-proxy@b.service", "ActiveState"); st != "active" {
+			t.Errorf("meshx-proxy@b is %s after the repair", st)
 		}
 		nsWaitCalls(t, a, map[string]string{"a": "b"})
 	})

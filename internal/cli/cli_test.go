@@ -368,3 +368,46 @@ func TestEmptyHost(t *testing.T) {
 		t.Errorf("validate: exit %d, stdout %q", r.code, r.stdout)
 	}
 }
+
+// TestRenderNamespace: render shows what would be created for a namespaced
+// service (its namespace, address, published port, resolv.conf) and creates
+// nothing; netns up of a service without a plan is refused.
+func TestRenderNamespace(t *testing.T) {
+	h := newHost(t)
+	h.write("meshx.yaml", "version: 1\nhostname: h1\nnetwork: {subnet: 198.19.240.0/24, host_address: 192.0.2.7}\n")
+	h.write("services.d/web.yaml", "version: 1\nservice: {name: web, port: 8080}\nnetwork: {namespace: true}\n")
+	r := run(t, initMain, h.flags("render")...)
+	if r.code != ExitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var got []struct {
+		Service      string                        `json:"service"`
+		Registration *api.AgentServiceRegistration `json:"registration"`
+		Netns        struct {
+			Name       string `json:"name"`
+			Path       string `json:"path"`
+			Address    string `json:"address"`
+			Gateway    string `json:"gateway"`
+			ResolvConf string `json:"resolv_conf"`
+			Publish    []struct {
+				HostPort int `json:"host_port"`
+			} `json:"publish"`
+		} `json:"netns"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 {
+		t.Fatalf("render: %v\n%s", err, r.stdout)
+	}
+	n, reg := got[0].Netns, got[0].Registration
+	if n.Name != "meshx-web" || n.Path != "/run/netns/meshx-web" || n.Address != "198.19.240.2" || n.Gateway != "198.19.240.1" ||
+		n.ResolvConf != "/etc/netns/meshx-web/resolv.conf" || len(n.Publish) != 1 {
+		t.Errorf("netns %+v", n)
+	}
+	if side := reg.Connect.SidecarService; reg.Address != "192.0.2.7" || side.Address != "192.0.2.7" || side.Port != n.Publish[0].HostPort {
+		t.Errorf("advertised %s and sidecar %s:%d, want 192.0.2.7 and the published port %+v", reg.Address, side.Address, side.Port, n.Publish)
+	}
+	noState(t, h)
+
+	if r := run(t, initMain, h.flags("netns", "up", "nosuch")...); r.code == ExitOK || !strings.Contains(r.stderr, `unknown service "nosuch"`) {
+		t.Errorf("netns up of a service without a plan: exit %d, %s", r.code, r.stderr)
+	}
+}

@@ -35,6 +35,9 @@ type transparent struct {
 	scanMu sync.Mutex // one scan at a time; others wait for its result
 }
 
+// meshPoll is how often a missing mesh config entry is looked for again.
+var meshPoll = 10 * time.Second
+
 // scanEvery limits how often a miss triggers a scan of the catalog.
 var scanEvery = 2 * time.Second
 
@@ -63,7 +66,9 @@ func (t *transparent) checkVIPRoute() {
 
 func (t *transparent) run(ctx context.Context) {
 	t.checkVIPRoute()
-	watch(ctx, t.p.log, "mesh config entry", func(ctx context.Context, index uint64) (uint64, error) {
+	// Without a mesh config entry the agent answers 404 at once, without
+	// blocking: look again every meshPoll.
+	watchEvery(ctx, t.p.log, "mesh config entry", meshPoll, func(ctx context.Context, index uint64) (uint64, error) {
 		only, next, err := t.p.o.Source.MeshDestinationsOnly(ctx, index)
 		if err != nil {
 			return next, err

@@ -21,6 +21,13 @@ var (
 // per failure streak and retried with jittered backoff; the last good data
 // stays in use meanwhile (fetch only publishes what it got).
 func watch(ctx context.Context, log *slog.Logger, what string, fetch func(ctx context.Context, index uint64) (uint64, error)) {
+	watchEvery(ctx, log, what, watchIdle, fetch)
+}
+
+// watchEvery is watch with its own pause after an answer without a change
+// (idle): for an endpoint that does not block, it is the polling period.
+func watchEvery(ctx context.Context, log *slog.Logger, what string, idle time.Duration,
+	fetch func(ctx context.Context, index uint64) (uint64, error)) {
 	var index uint64
 	const base = 200 * time.Millisecond
 	backoff, failing := base, false
@@ -39,7 +46,7 @@ func watch(ctx context.Context, log *slog.Logger, what string, fetch func(ctx co
 			pause = backoff/2 + rand.N(backoff/2+1)
 			backoff = min(2*backoff, watchRetryMax)
 		case next == 0 || next == index:
-			pause = watchIdle // no change, or an endpoint that does not block
+			pause = idle // no change, or an endpoint that does not block
 		case next < index:
 			// The index went backwards (agent restarted, snapshot
 			// restored): start over from the beginning.

@@ -46,8 +46,7 @@ func (l *lan) attach(hostNS, ifname, addr string) {
 // plug plugs the existing namespace hostNS into the bridge (see attach).
 func (l *lan) plug(hostNS, ifname, addr string) {
 	l.t.Helper()
-	// The bridge's end is named after the host namespace's last part (<= 15 bytes).
-	port := "p-" + hostNS[max(0, len(hostNS)-12):]
+	port := portName(hostNS)
 	l.ip("-n", l.ns, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", hostNS)
 	l.ip("-n", l.ns, "link", "set", port, "master", lanBridge, "up")
 	l.ip("-n", hostNS, "addr", "add", addr, "dev", ifname)
@@ -61,9 +60,17 @@ func (l *lan) plug(hostNS, ifname, addr string) {
 // address do.
 func (l *lan) replug(hostNS, ifname, addr string) {
 	l.t.Helper()
+	// The kernel dismantles a deleted namespace (and so the veth) later, on
+	// its own time: delete the bridge's end now, or the new one's name may
+	// still be taken ("File exists").
+	_ = exec.Command("ip", "-n", l.ns, "link", "del", portName(hostNS)).Run()
 	l.ip("netns", "del", hostNS)
 	l.attach(hostNS, ifname, addr)
 }
+
+// portName is the bridge's end of a host's veth, named after the host
+// namespace's last part (<= 15 bytes).
+func portName(hostNS string) string { return "p-" + hostNS[max(0, len(hostNS)-12):] }
 
 func (l *lan) ip(args ...string) {
 	l.t.Helper()

@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshx/meshx/internal/login"
+	"github.com/meshx/meshx/internal/plan"
+	"github.com/meshx/meshx/internal/register"
 )
 
 // With consul.login, meshx-proxy logs in itself. The token lives in memory
@@ -156,4 +158,23 @@ func (d *daemon) logout(ctx context.Context) {
 	if err := d.login.Logout(ctx); err != nil {
 		d.log.Warn("ACL logout", "err", err)
 	}
+}
+
+// ownRegistration registers pl again, with meshx-proxy's own login token,
+// when the agent kept it as it was (res Unchanged): meshx-init registers
+// with a login token of its own that it deletes when done, and the agent
+// syncs a service (and its check) to the servers with the token it was
+// registered with. Without consul.login it does nothing.
+func (d *daemon) ownRegistration(ctx context.Context, pl *plan.Plan, res register.Result, status string) error {
+	if d.login == nil || res != register.Unchanged {
+		return nil
+	}
+	return d.reg.Register(ctx, pl, status)
+}
+
+// health is the service's health as last published.
+func (d *daemon) health() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.st.Health
 }

@@ -188,7 +188,11 @@ func (d *daemon) reload(ctx context.Context) error {
 			d.log.Error("update transparent-proxy rules", "err", err)
 		}
 	}
-	if _, err := d.reg.Ensure(ctx, pl, "", false); err != nil {
+	res, err := d.reg.Ensure(ctx, pl, "", false)
+	if err == nil {
+		err = d.ownRegistration(ctx, pl, res, d.health())
+	}
+	if err != nil {
 		d.m.AgentError("register")
 		d.log.Error("register after reload", "err", err)
 	} else {

@@ -256,13 +256,8 @@ func (d *daemon) register(ctx context.Context) error {
 		return err
 	}
 	d.log.Info("registration", "result", string(res), "check", check)
-	if d.login != nil && res == register.Unchanged {
-		// The agent syncs a service with the token it was registered with;
-		// meshx-init's login token is gone by now: register with ours.
-		if err := d.reg.Register(ctx, d.pl, api.HealthCritical); err != nil {
-			d.m.AgentError("register")
-			return err
-		}
+	if err := d.ownRegistration(ctx, d.pl, res, api.HealthCritical); err != nil {
+		return err
 	}
 	// The agent keeps an existing check's status across re-registration, so a
 	// check a killed meshx-proxy left passing would stay passing: make it

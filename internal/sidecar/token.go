@@ -101,10 +101,7 @@ func (d *daemon) rotateToken(ctx context.Context) error {
 	d.agent = ag
 	d.reg.Agent = ag
 	d.log.Info("ACL token file changed: using the new token; registering again and restarting the proxy with it")
-	d.mu.Lock()
-	status := d.st.Health
-	d.mu.Unlock()
-	if err := d.reg.Register(ctx, d.pl, status); err != nil {
+	if err := d.reg.Register(ctx, d.pl, d.health()); err != nil {
 		d.m.AgentError("register")
 		d.log.Error("register with the new token", "err", err)
 	} else {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -219,6 +220,40 @@ func TestACLLoginProxy(t *testing.T) {
 		gone(first)
 		first = second
 		passing()
+	})
+
+	t.Run("meshx-init re-registers a changed service: meshx-proxy takes it over with its own token", func(t *testing.T) {
+		// meshx-init registers with a login token it deletes when done; the
+		// agent would sync the service with that dead token from then on.
+		lh.service("web.yaml", fmt.Sprintf(webYAML, web)+"registration: {Tags: [v2]}\n")
+		if r := lh.init("run", "--systemd=no"); r.code != 0 {
+			t.Fatalf("meshx-init run: exit %d", r.code)
+		}
+		// The servers follow the agent: the new tag, then a check knocked
+		// down on the agent and put back by the heartbeat.
+		synced := func(what string, ok func(*api.HealthCheck) bool) {
+			t.Helper()
+			testutil.Eventually(t, 30*time.Second, func() error {
+				hc, _, err := lh.admin.Health().Checks("web", nil)
+				if err != nil {
+					return err
+				}
+				for _, c := range hc {
+					if c.CheckID == "meshx-ttl:web-testhost" && ok(c) {
+						return nil
+					}
+				}
+				return fmt.Errorf("catalog checks of web (want %s): %s", what, mustJSON(hc))
+			})
+		}
+		synced("the tag v2", func(c *api.HealthCheck) bool { return slices.Contains(c.ServiceTags, "v2") })
+		if err := lh.admin.Agent().UpdateTTL("meshx-ttl:web-testhost", "knocked down by the test", api.HealthCritical); err != nil {
+			t.Fatal(err)
+		}
+		synced("knocked down", func(c *api.HealthCheck) bool { return c.Output == "knocked down by the test" })
+		synced("passing again", func(c *api.HealthCheck) bool {
+			return c.Status == api.HealthPassing && c.Output != "knocked down by the test"
+		})
 	})
 
 	t.Run("the agent refuses the token: log in again", func(t *testing.T) {

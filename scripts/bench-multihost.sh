@@ -4,7 +4,9 @@
 #   boot-to-first-request        client hosts booted (cloud-init, Consul, meshx
 #                                installed and started) to the first request
 #                                answered by web through the mesh;
-#   web-reboot-to-first-request  web host booted again to the first answer.
+#   web-reboot-to-first-request  web host booted again to the first answer;
+# and the requests sent and failed while one of two web hosts stops its
+# meshx-proxy@web, starts it and reboots (default drain, and proxy.drain 0s).
 # Needs root (booted containers). The test logs each figure as a line
 # "bench: multihost <name> <seconds>s"; nothing in the test depends on them.
 # usage: scripts/bench-multihost.sh [RUNS]   (MESHX_BENCH_LOG=FILE keeps go test's log)
@@ -43,3 +45,9 @@ for name in boot-to-first-request web-reboot-to-first-request; do
 done
 # Runs in which web's agent kept a stale intention decision (hashicorp/consul#23368).
 echo "runs that hit the stale-intention bug of Consul 1.22.5: $(grep -c 'KNOWN CONSUL BUG' "$log" || true)"
+# Requests through the mesh while a web host's meshx-proxy@web stops, starts and
+# the host reboots, with the default drain and with proxy.drain 0s (baseline).
+grep -o 'bench: multihost zero-loss drain default sent [0-9]* failed [0-9]*; baseline drain 0s sent [0-9]* failed [0-9]*' "$log" |
+	awk '{s += $7; f += $9; bs += $14; bf += $16} END {
+		printf "zero-loss, %d run(s): drain default %d sent %d failed; baseline drain 0s %d sent %d failed\n", NR, s, f, bs, bf
+	}'

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
@@ -177,6 +178,35 @@ func (a *Agent) register(r *api.AgentServiceRegistration) {
 	}
 }
 
+// connectHealthy lists the sidecars of service ("<id>-sidecar-proxy",
+// named "<service>-sidecar-proxy") whose parent's checks all pass: the alias
+// check Consul gives a sidecar, with the servers always up to date.
+func (a *Agent) connectHealthy(token, service string) ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.call(token, "health", service); err != nil {
+		return nil, err
+	}
+	var ids []string
+	for id, s := range a.services {
+		parent, ok := strings.CutSuffix(id, "-sidecar-proxy")
+		if s.Kind != api.ServiceKindConnectProxy || s.Service != service+"-sidecar-proxy" || !ok {
+			continue
+		}
+		passing := true
+		for _, c := range a.checks {
+			if c.ServiceID == parent && c.Status != api.HealthPassing {
+				passing = false
+			}
+		}
+		if passing {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
 func (a *Agent) ping(token string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -305,6 +335,9 @@ func (c *Client) ServiceRegisterOpts(s *api.AgentServiceRegistration, _ api.Serv
 }
 func (c *Client) ServiceDeregisterOpts(id string, _ *api.QueryOptions) error {
 	return c.a.serviceDeregister(c.token, id)
+}
+func (c *Client) ConnectHealthy(service string, _ *api.QueryOptions) ([]string, error) {
+	return c.a.connectHealthy(c.token, service)
 }
 func (c *Client) UpdateTTLOpts(checkID, output, status string, _ *api.QueryOptions) error {
 	return c.a.updateTTL(c.token, checkID, output, status)

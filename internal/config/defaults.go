@@ -10,6 +10,7 @@ const (
 	DefaultIDTemplate   = "{{name}}-{{hostname}}"
 	DefaultTTL          = 10 * time.Second
 	DefaultMaxRestarts  = 5
+	DefaultDrain        = 5 * time.Second
 	DefaultOutboundPort = 15001
 )
 
@@ -47,6 +48,9 @@ func (s *Service) setDefaults(d Defaults) {
 	}
 	if !s.maxRestartsSet {
 		s.Proxy.MaxRestarts = DefaultMaxRestarts
+	}
+	if !s.drainSet {
+		s.Proxy.Drain = DefaultDrain
 	}
 	for i := range s.Upstreams {
 		if s.Upstreams[i].Type == "" {

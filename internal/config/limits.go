@@ -30,6 +30,9 @@ const (
 	MaxTTL      = 24 * time.Hour
 	MinInterval = 100 * time.Millisecond
 	MaxWait     = 24 * time.Hour
+	// MaxDrain fits a stop's drain, the proxy's graceful stop (10s) and
+	// the deregistration into the unit's TimeoutStopSec=30s.
+	MaxDrain = 15 * time.Second
 )
 
 // Consul's rule for meta keys.

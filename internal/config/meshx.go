@@ -29,6 +29,7 @@ type rawService struct {
 		Command              []string `yaml:"command"`
 		ExtraArgs            []string `yaml:"extra_args"`
 		MaxRestarts          *int     `yaml:"max_restarts"`
+		Drain                string   `yaml:"drain"`
 		User                 string   `yaml:"user"`
 		PrometheusScrapePath string   `yaml:"prometheus_scrape_path"`
 	} `yaml:"proxy"`
@@ -91,6 +92,9 @@ func decodeMeshx(data []byte, root *yaml.Node, ix *docIndex, p *Problems) *Servi
 		User: r.Proxy.User, PrometheusScrapePath: r.Proxy.PrometheusScrapePath}
 	if r.Proxy.MaxRestarts != nil {
 		s.Proxy.MaxRestarts, s.maxRestartsSet = *r.Proxy.MaxRestarts, true
+	}
+	if r.Proxy.Drain != "" {
+		s.Proxy.Drain, s.drainSet = s.duration(p, "proxy.drain", r.Proxy.Drain), true
 	}
 	s.Registration = r.Registration
 	s.Network.Namespace = r.Network.Namespace

@@ -46,6 +46,7 @@ type Service struct {
 	Network      Network
 
 	maxRestartsSet bool // the file wrote proxy.max_restarts
+	drainSet       bool // the file wrote proxy.drain
 
 	// fields maps a normalized field path ("service.port", "upstreams[0].port")
 	// to where the file wrote it.
@@ -116,7 +117,11 @@ type Proxy struct {
 	Command     []string // template; default depends on Mode
 	ExtraArgs   []string // appended after "--" in envoy mode
 	MaxRestarts int      // default 5; -1 = unlimited; at least 1 otherwise
-	User        string   // "" = the global proxy_user
+	// Drain is how long a stop may wait, after the check went critical, for
+	// callers to leave and open connections to finish (default 5s, 0 = none,
+	// at most MaxDrain).
+	Drain time.Duration
+	User  string // "" = the global proxy_user
 	// PrometheusScrapePath, when set, makes envoy serve merged metrics there.
 	PrometheusScrapePath string
 }

@@ -84,6 +84,9 @@ func (s *Service) validate(p *Problems) {
 		// The supervisor reads 0 as its default: "never restart" cannot be had.
 		at("proxy.max_restarts", "must be at least 1, or -1 for unlimited, not %d", s.Proxy.MaxRestarts)
 	}
+	if s.Proxy.Drain < 0 || s.Proxy.Drain > MaxDrain {
+		at("proxy.drain", "must be between 0s (no drain) and %s, not %s", MaxDrain, s.Proxy.Drain)
+	}
 	if _, ok := s.fields["proxy.command"]; ok && len(s.Proxy.Command) == 0 {
 		at("proxy.command", "must not be empty (omit it for the default)")
 	}

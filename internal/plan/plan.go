@@ -90,6 +90,9 @@ type Proxy struct {
 	Argv        []string `json:"argv,omitempty"` // empty for mode none
 	User        string   `json:"user,omitempty"`
 	MaxRestarts int      `json:"max_restarts"`
+	// Drain bounds the wait at a stop for callers to leave and connections
+	// to finish, after the check went critical and before the proxy stops.
+	Drain       Duration `json:"drain"`
 	AdminPort   int      `json:"admin_port,omitempty"`   // envoy admin listener
 	MetricsPort int      `json:"metrics_port,omitempty"` // envoy merged metrics listener (0.0.0.0)
 }

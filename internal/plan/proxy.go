@@ -20,7 +20,8 @@ func DefaultCommand(mode string) []string {
 }
 
 func (pl *Plan) buildProxy(s *config.Service, h Host, p Ports, vars template.Vars) error {
-	pl.Proxy = Proxy{Mode: s.Proxy.Mode, MaxRestarts: s.Proxy.MaxRestarts, User: s.Proxy.User}
+	pl.Proxy = Proxy{Mode: s.Proxy.Mode, MaxRestarts: s.Proxy.MaxRestarts, User: s.Proxy.User,
+		Drain: Duration(s.Proxy.Drain)}
 	if s.Proxy.Mode == config.ModeNative {
 		return nil // meshx-proxy is the proxy: no argv, no user of its own
 	}

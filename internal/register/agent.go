@@ -20,6 +20,10 @@ type Agent interface {
 	ServiceRegisterOpts(s *api.AgentServiceRegistration, o api.ServiceRegisterOpts) error
 	ServiceDeregisterOpts(id string, q *api.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *api.QueryOptions) error
+	// ConnectHealthy returns the ids of service's Connect endpoints
+	// (sidecars) that the servers list as passing: what callers' proxies
+	// are told.
+	ConnectHealthy(service string, q *api.QueryOptions) ([]string, error)
 }
 
 // API is the Agent of a consul/api client.
@@ -36,6 +40,21 @@ func NewAPI(cl *api.Client) API { return API{Agent: cl.Agent(), client: cl} }
 func (a API) Ping(ctx context.Context) error {
 	_, err := a.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
 	return err
+}
+
+// ConnectHealthy asks the servers (through the agent, not its cache).
+func (a API) ConnectHealthy(service string, q *api.QueryOptions) ([]string, error) {
+	entries, _, err := a.client.Health().Connect(service, "", true, q)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if e.Service != nil {
+			ids = append(ids, e.Service.ID)
+		}
+	}
+	return ids, nil
 }
 
 // Connect returns the Agent for meshx.yaml's consul section.

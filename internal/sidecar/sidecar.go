@@ -426,8 +426,8 @@ func (d *daemon) exit(ctx context.Context, err error) error {
 	return err
 }
 
-// shutdown undoes start in reverse: check critical, proxy stopped, rules
-// removed, deregistered. When the proxy gave up (loopErr != nil) the
+// shutdown undoes start in reverse: check critical, callers drained (see
+// drain), proxy stopped, rules removed, deregistered. When the proxy gave up (loopErr != nil) the
 // registration stays, critical, for the restarted unit to pick up.
 func (d *daemon) shutdown(loopErr error) error {
 	d.o.Notify("STOPPING=1")
@@ -444,6 +444,9 @@ func (d *daemon) shutdown(loopErr error) error {
 		d.log.Warn("set check critical", "err", err)
 	}
 	cancel()
+	if loopErr == nil {
+		d.drain()
+	}
 	d.stopProxy()
 	ctx, cancel = step()
 	if err := d.removeRules(ctx); err != nil {

@@ -157,6 +157,12 @@ func TestMultiHost(t *testing.T) {
 		}
 	})
 
+	step(t, "a second web instance, on the client host, joins the mesh", top.addSecondWeb)
+
+	step(t, "zero failed requests while a web host's meshx-proxy@web stops and starts, then the host reboots", top.zeroLoss)
+
+	step(t, "the second web instance leaves: its config removed, systemctl reload meshx-init", top.removeSecondWeb)
+
 	step(t, "native data plane with transparent proxy on both clients", func(t *testing.T) {
 		top.goNative(t)
 		top.waitByNameOK(t, "after switching both clients to proxy.mode native")

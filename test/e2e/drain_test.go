@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -106,6 +108,8 @@ func (top *topology) addSecondWeb(t *testing.T) {
 		top.client.WriteFile(p, content)
 	}
 	top.client.WriteFile("/srv/web/index.html", secondWebBody+"\n")
+	top.client.WriteFile("/srv/web/big", bigFile)
+	top.web.WriteFile("/srv/web/big", bigFile)
 	top.client.MustExec("systemctl", "daemon-reload")
 	top.client.MustExec("systemctl", "enable", "--now", "web-app.service")
 	top.client.MustExec("systemctl", "reload", "meshx-init.service")
@@ -241,4 +245,121 @@ func (top *topology) stopStartReboot(t *testing.T) loadResult {
 	r := loadResult{stopTook: stopTook}
 	r.sent, r.failed, r.failures, r.bodies = l.finish()
 	return r
+}
+
+// bigFile is what a slow download fetches: 12 s at downloadRate.
+var bigFile = strings.Repeat("meshx ", 50_000)
+
+const downloadRate = "25k"
+
+// serverLost stops the Consul server (killed: no leave, no goodbye) while a
+// slow download is in flight through the mesh and holds it down for two TTLs:
+// the download completes over its established path, nothing is deregistered
+// from the client agents, no meshx-proxy or proxy restarts. With the server
+// back, everything converges and requests flow again.
+func (top *topology) serverLost(t *testing.T) {
+	t.Helper()
+	hosts := []*meshHost{top.web, top.client}
+	type snap struct{ units, services string }
+	take := func() map[string]snap {
+		out := map[string]snap{}
+		for _, h := range hosts {
+			var units []string
+			for _, svc := range []string{"web", "client"} {
+				u := "meshx-proxy@" + svc + ".service"
+				if h.Show(u, "ActiveState") == "inactive" {
+					continue
+				}
+				units = append(units, fmt.Sprintf("%s %s MainPID=%s NRestarts=%s proxy=%v", u, h.Show(u, "ActiveState"),
+					h.Show(u, "MainPID"), h.Show(u, "NRestarts"), sortedPIDs(t, h.Machine, svc+"-"+h.Hostname)))
+			}
+			svcs, err := agentServices(h.Machine)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := make([]string, 0, len(svcs))
+			for id := range svcs {
+				ids = append(ids, id)
+			}
+			slices.Sort(ids)
+			out[h.Hostname] = snap{strings.Join(units, "; "), strings.Join(ids, " ")}
+		}
+		return out
+	}
+	before := take()
+
+	type result struct {
+		out  string
+		code int
+		err  error
+	}
+	dl := make(chan result, 1)
+	go func() {
+		out, code, err := nsExec(top.client.Name, 2*time.Minute, "curl", "-sS", "--limit-rate", downloadRate,
+			"-o", "/dev/null", "-w", "%{http_code} %{size_download}", upstreamURL+"big")
+		dl <- result{out, code, err}
+	}()
+	// The download is under way (an app logged it) before the server goes.
+	testutil.Eventually(t, multiStepTimeout, func() error {
+		for _, h := range hosts {
+			if out, _ := h.Exec("journalctl", "-b", "-u", "web-app.service", "--no-pager", "-o", "cat"); strings.Contains(out, "GET /big") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no web app has logged GET /big yet")
+	})
+	top.server.kill()
+	lost := time.Now()
+	// Two TTLs without a server: every meshx-proxy heartbeats its local agent
+	// meanwhile, and nothing may restart or deregister.
+	consistently(t, 20*time.Second, func() error {
+		if now := take(); !maps.Equal(now, before) {
+			return fmt.Errorf("with the server gone %s, the client hosts changed:\nbefore %v\nnow    %v",
+				time.Since(lost).Round(time.Second), before, now)
+		}
+		return nil
+	})
+	for _, h := range hosts {
+		for _, id := range strings.Fields(before[h.Hostname].services) {
+			if !strings.HasSuffix(id, "-sidecar-proxy") {
+				if err := passing(h.Machine, id); err != nil {
+					t.Errorf("with the server gone, on %s: %v", h.Hostname, err)
+				}
+			}
+		}
+	}
+	r := <-dl
+	if want := fmt.Sprintf("200 %d", len(bigFile)); r.code != 0 || strings.TrimSpace(r.out) != want {
+		t.Errorf("download through the mesh across the server's loss: exit %d %v %q, want %q", r.code, r.err, r.out, want)
+	}
+
+	top.lan.replug(top.server.Name, lanIfname, top.server.Addr+lanBits)
+	top.server.Boot()
+	top.waitRequestOK(t, "after the server came back")
+	testutil.Eventually(t, multiStepTimeout, func() error {
+		if n, err := top.healthyWeb(); err != nil || n != 2 {
+			return fmt.Errorf("healthy web instances after the server came back: %d %v", n, err)
+		}
+		return nil
+	})
+	if after := take(); !maps.Equal(after, before) {
+		t.Errorf("client hosts changed across the server's loss:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+func sortedPIDs(t *testing.T, m *Machine, id string) []string {
+	pids := proxyPIDs(t, m, id)
+	slices.SortFunc(pids, func(a, b string) int { return atoi(a) - atoi(b) })
+	return pids
+}
+
+// consistently fails the test as soon as cond fails, checking it for the whole
+// of period.
+func consistently(t *testing.T, period time.Duration, cond func() error) {
+	t.Helper()
+	for end := time.Now().Add(period); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if err := cond(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

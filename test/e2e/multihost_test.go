@@ -161,6 +161,8 @@ func TestMultiHost(t *testing.T) {
 
 	step(t, "zero failed requests while a web host's meshx-proxy@web stops and starts, then the host reboots", top.zeroLoss)
 
+	step(t, "the Consul server lost and back: established paths serve, nothing deregistered or restarted, converges", top.serverLost)
+
 	step(t, "the second web instance leaves: its config removed, systemctl reload meshx-init", top.removeSecondWeb)
 
 	step(t, "native data plane with transparent proxy on both clients", func(t *testing.T) {

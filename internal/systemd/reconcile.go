@@ -384,7 +384,8 @@ func (r *reconciler) syncDropIn(ctx context.Context, p *plan) error {
 		return fmt.Errorf("read drop-in of %s: %w", p.Unit, err)
 	}
 	_, content := DropIn(p.in)
-	if bytes.Equal(cur, []byte(content)) {
+	_, lerr := os.Stat(filepath.Join(filepath.Dir(path), legacyDropInName))
+	if bytes.Equal(cur, []byte(content)) && lerr != nil {
 		return nil
 	}
 	state, err := r.activeState(ctx, p.Unit)
@@ -408,6 +409,7 @@ func (r *reconciler) syncDropIn(ctx context.Context, p *plan) error {
 	if _, err := atomicfile.Write(path, []byte(content), 0o644); err != nil {
 		return fmt.Errorf("write drop-in of %s: %w", p.Unit, err)
 	}
+	_ = os.Remove(filepath.Join(filepath.Dir(path), legacyDropInName)) // replaced by this one
 	r.reload = true
 	p.restart = running
 	return nil
@@ -421,8 +423,10 @@ func (r *reconciler) dropInPath(u string) string {
 // empty (an administrator's own drop-ins stay).
 func (r *reconciler) removeDropIn(u string) error {
 	path := r.dropInPath(u)
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove drop-in of %s: %w", u, err)
+	for _, p := range []string{path, filepath.Join(filepath.Dir(path), legacyDropInName)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove drop-in of %s: %w", u, err)
+		}
 	}
 	if err := os.Remove(filepath.Dir(path)); err == nil {
 		r.reload = true

@@ -421,3 +421,26 @@ func TestReconcileNamespace(t *testing.T) {
 		t.Errorf("api's drop-in left: %v", err)
 	}
 }
+
+// TestReconcileReplacesLegacyDropIn: the drop-in an older meshx wrote under
+// its old name goes when meshx writes or removes its own.
+func TestReconcileReplacesLegacyDropIn(t *testing.T) {
+	e := newEnv(t)
+	legacy := func(svc string) string { return filepath.Join(filepath.Dir(e.dropIn(svc)), legacyDropInName) }
+	for _, svc := range []string{"tp", "off"} {
+		if _, err := atomicfile.Write(legacy(svc), []byte("[Service]\nCapabilityBoundingSet=CAP_NET_ADMIN\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.reconcile(t, Instance{Service: "tp", TransparentProxy: true}, Instance{Service: "off"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range []string{"tp", "off"} {
+		if _, err := os.Stat(legacy(svc)); !os.IsNotExist(err) {
+			t.Errorf("%s: legacy drop-in left: %v", svc, err)
+		}
+	}
+	if _, err := os.Stat(e.dropIn("tp")); err != nil {
+		t.Errorf("tp's drop-in: %v", err)
+	}
+}

@@ -85,6 +85,11 @@ BindReadOnlyPaths=%[3]s:/etc/resolv.conf
 // dropInName is the file name of meshx's drop-in inside <unit>.d/.
 const dropInName = "50-meshx.conf"
 
+// legacyDropInName is what meshx called it while it held the transparent-proxy
+// settings only; it is removed wherever meshx's drop-in is written or removed,
+// so an upgrade under running instances leaves no stale copy.
+const legacyDropInName = "50-meshx-transparent-proxy.conf"
+
 // NetnsDir and NetnsEtcDir are where named network namespaces and their
 // resolv.conf files live (iproute2's layout, which internal/netns follows).
 const (

@@ -6,6 +6,8 @@ package atomicfile
 
 import (
 	"bytes"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -49,7 +51,7 @@ func write(path string, data []byte, perm os.FileMode, durable bool) (bool, erro
 	}
 	defer os.Remove(f.Name()) // fails harmlessly after the rename
 	if err := fill(f, data, perm, durable); err != nil {
-		return false, err
+		return false, namePath(path, err)
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return false, err
@@ -58,6 +60,17 @@ func write(path string, data []byte, perm os.FileMode, durable bool) (bool, erro
 		return true, syncDir(dir)
 	}
 	return true, nil
+}
+
+// namePath says the error of writing the temporary file as one of writing
+// path, the file a reader knows ("write /var/lib/meshx/ports.json: no space
+// left on device"); errors.Is still sees the cause.
+func namePath(path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return &fs.PathError{Op: "write", Path: path, Err: err}
 }
 
 // fill writes data to the temporary file f, sets its mode, syncs it when

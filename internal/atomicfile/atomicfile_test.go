@@ -2,6 +2,7 @@ package atomicfile
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -166,5 +167,18 @@ func TestRemoveStale(t *testing.T) {
 	}
 	if _, err := os.Stat(other); err != nil {
 		t.Error("another file's temporary file removed")
+	}
+}
+
+// TestErrorNamesTheTarget: a failed write of the temporary file is reported
+// as one of the target (what the reader knows), with its cause kept.
+func TestErrorNamesTheTarget(t *testing.T) {
+	err := namePath("/var/lib/meshx/ports.json",
+		&fs.PathError{Op: "write", Path: "/var/lib/meshx/.ports.json.tmp-123", Err: syscall.ENOSPC})
+	if got, want := err.Error(), "write /var/lib/meshx/ports.json: no space left on device"; got != want {
+		t.Errorf("error %q, want %q", got, want)
+	}
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("errors.Is(%v, ENOSPC) = false", err)
 	}
 }

@@ -219,7 +219,7 @@ func TestFaults(t *testing.T) {
 		m.WriteFile("/etc/meshx/services.d/extra3.yaml", extraYAML("extra3"))
 		out, err := m.Exec("meshx-init", "run")
 		t.Logf("meshx-init run on a full state disk: %v\n%s", err, out)
-		if err == nil || !strings.Contains(out, "no space left on device") || !strings.Contains(out, "/var/lib/meshx/") {
+		if err == nil || !strings.Contains(out, "write /var/lib/meshx/ports.json: no space left on device") {
 			t.Errorf("meshx-init run on a full state disk: %v, want a failure naming the file and the cause:\n%s", err, out)
 		}
 		m.MustExec("rm", "/var/lib/meshx/filler")

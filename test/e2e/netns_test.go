@@ -65,6 +65,7 @@ performance {
 // nsAgentB is a client agent on host B that joins host A's server.
 const nsAgentB = `server           = false
 retry_join       = ["` + nsHostA + `"]
+retry_interval   = "1s" # it boots first: the server is not up yet
 node_name        = "host-b"
 bind_addr        = "` + nsHostB + `"
 client_addr      = "127.0.0.1"

@@ -111,7 +111,7 @@ func (m *Manager) up(ctx context.Context, s Spec) (Result, error) {
 		return "", err
 	}
 	res := Created
-	if exists(s.Service) {
+	if Exists(s.Service) {
 		if err := m.check(ctx, s, list, rt); err == nil {
 			return Unchanged, nil
 		} else {
@@ -208,7 +208,7 @@ func (m *Manager) down(ctx context.Context, s Spec) error {
 	if err := m.cni.DelNetworkList(ctx, list, m.runtime(s)); err != nil {
 		return fmt.Errorf("cni del %s: %w", Name(s.Service), err)
 	}
-	if exists(s.Service) {
+	if Exists(s.Service) {
 		if err := ipNetns(ctx, "delete", Name(s.Service)); err != nil {
 			return err
 		}
@@ -225,9 +225,7 @@ func (m *Manager) down(ctx context.Context, s Spec) error {
 }
 
 // Exists reports whether the service's namespace is mounted.
-func Exists(service string) bool { return exists(service) }
-
-func exists(service string) bool {
+func Exists(service string) bool {
 	_, err := os.Stat(Path(Dir, service))
 	return err == nil
 }

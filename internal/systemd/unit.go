@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/unit"
+
+	"github.com/meshx/meshx/internal/netns"
 )
 
 const (
@@ -90,13 +92,6 @@ const dropInName = "50-meshx.conf"
 // so an upgrade under running instances leaves no stale copy.
 const legacyDropInName = "50-meshx-transparent-proxy.conf"
 
-// NetnsDir and NetnsEtcDir are where named network namespaces and their
-// resolv.conf files live (iproute2's layout, which internal/netns follows).
-const (
-	NetnsDir    = "/run/netns"
-	NetnsEtcDir = "/etc/netns"
-)
-
 // DropIn returns the runtime drop-in meshx-init keeps for an instance, as file
 // name and content, or empty strings when the instance needs none.
 func DropIn(in Instance) (name, content string) {
@@ -109,8 +104,8 @@ func DropIn(in Instance) (name, content string) {
 		b.WriteString(transparentProxyDropIn)
 	}
 	if in.Namespace {
-		ns := "meshx-" + in.Service
-		fmt.Fprintf(&b, namespaceDropIn, NetnsUnitName(in.Service), NetnsDir+"/"+ns, NetnsEtcDir+"/"+ns+"/resolv.conf")
+		fmt.Fprintf(&b, namespaceDropIn, NetnsUnitName(in.Service), netns.Path(netns.Dir, in.Service),
+			netns.ResolvConf("/etc", in.Service))
 	}
 	return dropInName, b.String()
 }

@@ -169,6 +169,9 @@ type plan struct {
 	in      Instance
 	restart bool   // drop-in changed while it ran: restart it
 	stopped bool   // stopped to remove its drop-in: start it again
+	// leftNetns: its service no longer has a namespace of its own; the
+	// namespace's meshx-netns@ unit is stopped once the instance runs without.
+	leftNetns bool
 	job     string // "start" or "restart" once enqueued
 	wait    bool
 	ch      chan string
@@ -222,6 +225,11 @@ func (r *reconciler) run(ctx context.Context, want []Instance) ([]Action, error)
 		}
 	}
 	r.waitJobs(ctx, plans)
+	for _, p := range plans {
+		if p.leftNetns {
+			p.Err = errors.Join(p.Err, r.stop(ctx, NetnsUnitName(p.Service)))
+		}
+	}
 
 	var errs []error
 	for _, a := range actions {
@@ -384,6 +392,7 @@ func (r *reconciler) syncDropIn(ctx context.Context, p *plan) error {
 		return fmt.Errorf("read drop-in of %s: %w", p.Unit, err)
 	}
 	_, content := DropIn(p.in)
+	p.leftNetns = !p.in.Namespace && bytes.Contains(cur, []byte("NetworkNamespacePath="))
 	_, lerr := os.Stat(filepath.Join(filepath.Dir(path), legacyDropInName))
 	if bytes.Equal(cur, []byte(content)) && lerr != nil {
 		return nil

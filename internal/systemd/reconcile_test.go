@@ -444,3 +444,21 @@ func TestReconcileReplacesLegacyDropIn(t *testing.T) {
 		t.Errorf("tp's drop-in: %v", err)
 	}
 }
+
+// TestReconcileLeavesNamespace: a service that no longer has a namespace of
+// its own runs again outside it, and its namespace unit is stopped after.
+func TestReconcileLeavesNamespace(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.reconcile(t, Instance{Service: "api", Namespace: true, TransparentProxy: true}); err != nil {
+		t.Fatal(err)
+	}
+	actions, err := e.reconcile(t, Instance{Service: "api", TransparentProxy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDid(t, actions, "api: restarted")
+	wantCalls(t, e.bus, "enable meshx-proxy@api.service", "reload", "restart meshx-proxy@api.service", "stop meshx-netns@api.service")
+	if got, _ := os.ReadFile(e.dropIn("api")); strings.Contains(string(got), "NetworkNamespacePath") {
+		t.Errorf("drop-in still joins the namespace:\n%s", got)
+	}
+}

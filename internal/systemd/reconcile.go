@@ -167,14 +167,14 @@ type reconciler struct {
 type plan struct {
 	Action
 	in      Instance
-	restart bool   // drop-in changed while it ran: restart it
-	stopped bool   // stopped to remove its drop-in: start it again
+	restart bool // drop-in changed while it ran: restart it
+	stopped bool // stopped to remove its drop-in: start it again
 	// leftNetns: its service no longer has a namespace of its own; the
 	// namespace's meshx-netns@ unit is stopped once the instance runs without.
 	leftNetns bool
-	job     string // "start" or "restart" once enqueued
-	wait    bool
-	ch      chan string
+	job       string // "start" or "restart" once enqueued
+	wait      bool
+	ch        chan string
 }
 
 func (r *reconciler) run(ctx context.Context, want []Instance) ([]Action, error) {

@@ -1,14 +1,19 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"maps"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshx/meshx/internal/netns"
 	"github.com/meshx/meshx/internal/testutil"
 )
 
@@ -18,16 +23,20 @@ const (
 	// The second web instance's answer: web on the client host.
 	secondWebBody = webBodyPrefix + "mesh-client"
 
-	loadEvery = 100 * time.Millisecond // pause between two requests of the load
-	loadMax   = 3000                   // bound of one load, in requests
+	loadStreams = 3                     // requests in flight at most
+	loadEvery   = 50 * time.Millisecond // pause between two requests of a stream
+	loadMax     = 5000                  // bound of one stream, in requests
 )
 
 // load is a steady, bounded stream of requests from the client host through
-// its upstream port for web: one at a time, a pause between two.
+// its upstream port for web: loadStreams streams, each sending one request
+// at a time with a pause between two. The requests are made by this
+// process, from a thread inside the client host's network namespace (no
+// process per request), so the load is dense and cheap.
 type load struct {
 	top  *topology
 	stop chan struct{}
-	done chan struct{}
+	wg   sync.WaitGroup
 
 	mu       sync.Mutex
 	sent, ok int
@@ -36,50 +45,96 @@ type load struct {
 }
 
 func (top *topology) startLoad() *load {
-	l := &load{top: top, stop: make(chan struct{}), done: make(chan struct{}), bodies: map[string]int{}}
-	go l.run()
+	l := &load{top: top, stop: make(chan struct{}), bodies: map[string]int{}}
+	for range loadStreams {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			if err := netns.Run("/run/netns/"+top.client.Name, l.stream); err != nil {
+				l.record(time.Now(), "", err)
+			}
+		}()
+	}
 	return l
 }
 
-func (l *load) run() {
-	defer close(l.done)
-	for i := 0; i < loadMax; i++ {
+// stream sends requests until the load stops; it runs inside the client
+// host's network namespace.
+func (l *load) stream() error {
+	for range loadMax {
 		select {
 		case <-l.stop:
-			return
+			return nil
 		default:
 		}
 		start := time.Now()
-		body, code, err := l.top.request()
-		l.mu.Lock()
-		l.sent++
-		if code == 0 && strings.HasPrefix(body, webBodyPrefix) {
-			l.ok++
-			l.bodies[strings.TrimSpace(body)]++
-		} else {
-			l.failures = append(l.failures, fmt.Sprintf("%s: curl exit %d %v %q",
-				start.Format("15:04:05.000"), code, err, strings.TrimSpace(body)))
-		}
-		l.mu.Unlock()
+		body, err := meshGet(upstreamAddr)
+		l.record(start, body, err)
 		select {
 		case <-l.stop:
-			return
+			return nil
 		case <-time.After(loadEvery):
 		}
 	}
+	return nil
 }
 
-// answered waits until n more requests than now have been answered.
-func (l *load) answered(t *testing.T, n int) {
-	t.Helper()
+func (l *load) record(start time.Time, body string, err error) {
 	l.mu.Lock()
-	want := l.ok + n
+	defer l.mu.Unlock()
+	l.sent++
+	if err == nil && strings.HasPrefix(body, webBodyPrefix) {
+		l.ok++
+		l.bodies[strings.TrimSpace(body)]++
+		return
+	}
+	l.failures = append(l.failures, fmt.Sprintf("%s: %v %q", start.Format("15:04:05.000"), err, strings.TrimSpace(body)))
+}
+
+// meshGet is `curl http://addr/` done by hand over one connection: an
+// HTTP/1.0 GET, the whole answer read, at most requestTimeout in all.
+func meshGet(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, requestTimeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(requestTimeout)); err != nil {
+		return "", err
+	}
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: web\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("HTTP %s", resp.Status)
+	}
+	return string(body), err
+}
+
+// answered waits until n more requests than now have been answered by the
+// instance whose answer is body ("": by any).
+func (l *load) answered(t *testing.T, body string, n int) {
+	t.Helper()
+	count := func() int {
+		if body == "" {
+			return l.ok
+		}
+		return l.bodies[body]
+	}
+	l.mu.Lock()
+	want := count() + n
 	l.mu.Unlock()
 	testutil.Eventually(t, multiStepTimeout, func() error {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if l.ok < want {
-			return fmt.Errorf("%d requests answered, waiting for %d (%d sent)", l.ok, want, l.sent)
+		if got := count(); got < want {
+			return fmt.Errorf("%d answers by %q, waiting for %d (%d sent)", got, body, want, l.sent)
 		}
 		return nil
 	})
@@ -88,7 +143,7 @@ func (l *load) answered(t *testing.T, n int) {
 // finish stops the load and returns its counts.
 func (l *load) finish() (sent, failed int, failures []string, bodies map[string]int) {
 	close(l.stop)
-	<-l.done
+	l.wg.Wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.sent, len(l.failures), l.failures, l.bodies
@@ -217,7 +272,6 @@ type loadResult struct {
 func (top *topology) stopStartReboot(t *testing.T) loadResult {
 	t.Helper()
 	l := top.startLoad()
-	l.answered(t, 20)
 	waitWeb := func(n int) {
 		testutil.Eventually(t, multiStepTimeout, func() error {
 			if got, err := top.healthyWeb(); err != nil || got != n {
@@ -226,22 +280,24 @@ func (top *topology) stopStartReboot(t *testing.T) loadResult {
 			return nil
 		})
 	}
+	// Before each stop, the web host's instance is carrying its share.
+	l.answered(t, meshWebBody, 30)
 	stopped := time.Now()
 	top.web.MustExec("systemctl", "stop", "meshx-proxy@web.service")
 	stopTook := time.Since(stopped)
 	waitWeb(1)
-	l.answered(t, 20)
+	l.answered(t, "", 20)
 	top.web.MustExec("systemctl", "start", "meshx-proxy@web.service")
 	waitWeb(2)
-	l.answered(t, 20)
+	l.answered(t, meshWebBody, 30)
 
 	top.web.PowerOff()
 	waitWeb(1)
-	l.answered(t, 20)
+	l.answered(t, "", 20)
 	top.lan.replug(top.web.Name, lanIfname, top.web.Addr+lanBits)
 	top.web.Boot()
 	waitWeb(2)
-	l.answered(t, 20)
+	l.answered(t, meshWebBody, 30)
 	r := loadResult{stopTook: stopTook}
 	r.sent, r.failed, r.failures, r.bodies = l.finish()
 	return r

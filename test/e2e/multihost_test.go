@@ -15,7 +15,8 @@ import (
 const (
 	// The client's upstream port for web (vagrant/user-data/client.yaml) and
 	// what web's app answers (vagrant/user-data/web.yaml).
-	upstreamURL  = "http://127.0.0.1:9191/"
+	upstreamAddr = "127.0.0.1:9191"
+	upstreamURL  = "http://" + upstreamAddr + "/"
 	meshWebBody  = "hello from web on mesh-web"
 	meshWebID    = "web-mesh-web"
 	meshClientID = "client-mesh-client"

@@ -36,14 +36,18 @@ func (d *daemon) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), period)
 	defer cancel()
 	d.status(fmt.Sprintf("draining: waiting up to %s for callers to leave and connections to finish", period))
-	listed := true
-	for listed {
-		var err error
-		if listed, err = d.listedHealthy(ctx); err != nil {
-			d.log.Debug("drain: catalog", "err", err)
+	for {
+		listed, err := d.listedHealthy(ctx)
+		if !listed {
+			break
 		}
-		if listed && !d.drainWait(ctx) {
-			d.log.Warn("drain period over while the servers still list this instance", "drain", period)
+		if !d.drainWait(ctx) {
+			if err != nil {
+				d.log.Warn("drain period over: the servers could not be asked whether callers still see this instance",
+					"drain", period, "err", err)
+			} else {
+				d.log.Warn("drain period over while the servers still list this instance", "drain", period)
+			}
 			return
 		}
 	}

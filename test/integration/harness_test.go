@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,6 +59,9 @@ type host struct {
 	consul *testutil.Consul
 	name   string
 	netns  string // meshx runs in this network namespace; "" = the test's
+
+	clientOnce sync.Once
+	cl         *api.Client
 }
 
 // argv is how a meshx binary runs on the host: in its namespace, if any.
@@ -172,15 +176,21 @@ func (f *fg) stop(t testing.TB) {
 	}
 }
 
+// client is the test's one API client of the host's agent: a new client
+// per call would leave its idle connections behind, and the agent answers
+// 429 past 200 connections from one address.
 func (h *host) client() *api.Client {
 	h.t.Helper()
-	cfg := api.DefaultConfig()
-	cfg.Address = h.consul.Address()
-	cl, err := api.NewClient(cfg)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return cl
+	h.clientOnce.Do(func() {
+		cfg := api.DefaultConfig()
+		cfg.Address = h.consul.Address()
+		cl, err := api.NewClient(cfg)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		h.cl = cl
+	})
+	return h.cl
 }
 
 // checks returns the status of each meshx TTL check in the agent, by id.

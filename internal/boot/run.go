@@ -96,6 +96,7 @@ func Run(ctx context.Context, env Env, o RunOptions) error {
 			failed = append(failed, err)
 		}
 	}
+	fault.Point("units")
 	logout() // the fleet's meshx-proxies log in for themselves
 	if fl != nil {
 		unlock() // the foreground run supervises until stopped: let others in

@@ -109,7 +109,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	step(t, "meshx-init killed at several points: the next run converges, nothing leaks", func(t *testing.T) {
-		for _, at := range []string{"locked", "allocated", "registered"} {
+		for _, at := range []string{"locked", "allocated", "registered", "saved", "units"} {
 			m.WriteFile("/etc/meshx/services.d/extra2.yaml", extraYAML("extra2"))
 			m.killedAt(t, at)
 			m.MustExec("rm", "/etc/meshx/services.d/extra2.yaml")

@@ -267,20 +267,7 @@ func TestPlaneIntentions(t *testing.T) {
 		return nil
 	})
 	src.update(func() { src.intentions["web"] = []*api.Intention{ixn("client", "allow", 9), ixn("*", "deny", 8)} })
-	var held net.Conn
-	eventually(t, "allow intention", func() error {
-		c, err := net.Dial("tcp", up)
-		if err != nil {
-			return err
-		}
-		if err := echoOn(c, "open"); err != nil {
-			c.Close()
-			return err
-		}
-		held = c
-		return nil
-	})
-	defer held.Close()
+	held := hold(t, up) // once the allow is in effect
 	// The earlier round trips' connections end on their own time.
 	eventually(t, "only the held connection open", func() error {
 		if n := web.Open(); n != 1 {

@@ -412,6 +412,20 @@ func fieldType(t reflect.Type, name string) reflect.Type {
 			return deref(f.Type)
 		}
 	}
+	if t.PkgPath() == consulAPI {
+		return apiFieldType(t, name)
+	}
+	return nil
+}
+
+const consulAPI = "github.com/hashicorp/consul/api"
+
+// apiFieldType is fieldType for consul/api's types, which have no yaml
+// tags: a registration template names a field by its Go name (case counts).
+func apiFieldType(t reflect.Type, name string) reflect.Type {
+	if f, ok := t.FieldByName(name); ok && f.IsExported() {
+		return deref(f.Type)
+	}
 	return nil
 }
 

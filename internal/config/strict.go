@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strconv"
 
+	"github.com/hashicorp/consul/api"
 	"gopkg.in/yaml.v3"
 )
 
@@ -52,6 +53,11 @@ func checkTree(root *yaml.Node, p *Problems) bool {
 	return ok
 }
 
+// registrationType is what a registration template becomes: Consul's own
+// registration, whose typed fields get the same checks as meshx's (port:
+// 1e3 is refused under registration: as under service:).
+var registrationType = reflect.TypeFor[api.AgentServiceRegistration]()
+
 // durationText is a duration as written ("10s"); it is parsed after decoding,
 // so "ttl: 10" is reported as a duration without a unit, not as a non-string.
 type durationText string
@@ -62,6 +68,13 @@ type durationText string
 // boolean or a number turned into a name (name: true). null is "not set".
 // Values that yaml.v3 refuses itself are left to its own located error.
 func checkScalars(n *yaml.Node, t reflect.Type, path string, p *Problems) {
+	checkScalarsIn(n, t, path, p, false)
+}
+
+// checkScalarsIn is checkScalars; with fractionsOnly (a registration
+// template, whose other mismatches the plan reports once rendered) it
+// refuses only a fraction or an exponent where Consul takes an integer.
+func checkScalarsIn(n *yaml.Node, t reflect.Type, path string, p *Problems, fractionsOnly bool) {
 	t = deref(t)
 	if t == reflect.TypeFor[durationText]() {
 		return // parsed later, with a message of its own
@@ -73,16 +86,20 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 			switch t.Kind() {
 			case reflect.Struct:
 				if ft := fieldType(t, k.Value); ft != nil {
-					checkScalars(v, ft, joinField(path, k.Value), p)
+					if k.Value == "registration" && ft.Kind() == reflect.Map {
+						checkScalarsIn(v, registrationType, joinField(path, k.Value), p, true)
+						continue
+					}
+					checkScalarsIn(v, ft, joinField(path, k.Value), p, fractionsOnly)
 				}
 			case reflect.Map:
-				checkScalars(v, t.Elem(), joinField(path, k.Value), p)
+				checkScalarsIn(v, t.Elem(), joinField(path, k.Value), p, fractionsOnly)
 			}
 		}
 	case yaml.SequenceNode:
 		if t.Kind() == reflect.Slice {
 			for i, c := range n.Content {
-				checkScalars(c, t.Elem(), fieldIndex(path, i), p)
+				checkScalarsIn(c, t.Elem(), fieldIndex(path, i), p, fractionsOnly)
 			}
 		}
 	case yaml.ScalarNode:
@@ -99,6 +116,9 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string, p *Problems) {
 			want = "!!int"
 		case reflect.Bool:
 			want = "!!bool"
+		}
+		if fractionsOnly && want != "!!int" {
+			return
 		}
 		// The other mismatches (a string into an integer...) yaml.v3 reports.
 		if want != "" && tag != want && (want == "!!str" || tag == "!!float") {

@@ -192,6 +192,10 @@ func Cases() []Case {
 		svc("upstream name twice", head+"upstreams:\n  - name: db\n    name: cache\n", ":6: upstreams[0].name: written twice (first at line 5)"),
 		svc("meta key twice", head+"  meta:\n    team: a\n    team: b\n", ":6: service.meta.team: written twice (first at line 5)"),
 		svc("registration key twice", reg("  Meta: {a: b}\n  Meta: {c: d}\n"), ":6: registration.Meta: written twice (first at line 5)"),
+		// A fraction or an exponent where Consul takes an integer, in a template.
+		svc("registration port exponent", reg("  Port: 1e3\n"), ":5: registration.Port: must be a whole number"),
+		svc("registration weight fraction", reg("  Weights: {Passing: 2.5, Warning: 1}\n"), ":5: registration.Weights.Passing: must be a whole number"),
+		svc("registration sidecar port fraction", reg("  Connect:\n    SidecarService: {Port: 21000.5}\n"), ":6: registration.Connect.SidecarService.Port: must be a whole number"),
 		svc("quoted and plain key", "version: 1\nservice:\n  name: web\n  \"name\": api\n", ":4: service.name: written twice (first at line 3)"),
 		svcJSON("JSON name twice", "{\n  \"name\": \"web\",\n  \"name\": \"api\"\n}\n", ":3: name: written twice (first at line 2)"),
 		svcJSON("JSON nested key twice", "{\"name\": \"web\", \"connect\": {\"sidecar_service\": {\n\"proxy\": {},\n\"proxy\": {}}}}\n", ":3: connect.sidecar_service.proxy: written twice (first at line 2)"),

@@ -42,6 +42,13 @@ type Reloader interface {
 	Reload(pl *plan.Plan) error
 }
 
+// TokenFollower is a Proxy that takes a new ACL token in place: its next
+// requests to the agent carry it, its open connections carry on. A token
+// rotation gives it the token instead of restarting it.
+type TokenFollower interface {
+	TokenChanged(c config.Consul) error
+}
+
 // ProxyParams is what a Proxy is made from.
 type ProxyParams struct {
 	Plan   *plan.Plan

@@ -586,3 +586,46 @@ func TestRunPublicPortFromTheAgent(t *testing.T) {
 		t.Errorf("the sidecar's port was asked %d times; want it cached", asked)
 	}
 }
+
+// tokenFollowingProxy takes a new token in place, as the native plane does.
+type tokenFollowingProxy struct{ *fakeProxy }
+
+func (p tokenFollowingProxy) TokenChanged(c config.Consul) error {
+	b, err := os.ReadFile(c.TokenFile)
+	p.ag.Note("proxy token " + strings.TrimSpace(string(b)))
+	return err
+}
+
+// TestRunTokenInPlace: a data plane that follows tokens in place (native)
+// gets the new token and is not restarted.
+func TestRunTokenInPlace(t *testing.T) {
+	h := newHarness(t, lifecyclePlan())
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.o.Global.Consul.TokenFile = tokenFile
+	h.o.Connect = func(c config.Consul) (register.Agent, error) {
+		b, err := os.ReadFile(c.TokenFile)
+		return h.ag.Client(strings.TrimSpace(string(b))), err
+	}
+	h.o.NewProxy = func(p ProxyParams) (Proxy, error) {
+		fp, err := h.newProxy(p)
+		return tokenFollowingProxy{fp.(*fakeProxy)}, err
+	}
+	h.start()
+	h.waitReady()
+	from := len(h.ag.Calls())
+	if err := os.WriteFile(tokenFile, []byte("new\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	i := h.waitCall(from, "register web-h1 passing @new")
+	i = h.waitCall(i, "proxy token new")
+	h.waitCall(i, "ttl meshx-ttl:web-h1 passing @new")
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if h.proxy(2) != nil {
+		t.Errorf("the data plane was restarted for a new token")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/meshx/meshx/internal/config"
 	"github.com/meshx/meshx/internal/dataplane"
 	"github.com/meshx/meshx/internal/metrics"
 	"github.com/meshx/meshx/internal/plan"
@@ -30,8 +31,9 @@ var nativeDrain = 5 * time.Second
 // nativeProxy is the Proxy that runs the Connect data plane in process
 // (mode native).
 type nativeProxy struct {
-	p     ProxyParams
-	plane *dataplane.Plane
+	p      ProxyParams
+	plane  *dataplane.Plane
+	source *dataplane.AgentSource // the plane's agent; follows token rotations
 }
 
 func newNativeProxy(_ Options, p ProxyParams) (Proxy, error) {
@@ -82,6 +84,21 @@ func (n *nativeProxy) Accepting(ctx context.Context) error {
 	return n.plane.Serving()
 }
 
+// TokenChanged gives the running plane a client with the new token: its
+// next queries carry it, and no connection is dropped.
+func (n *nativeProxy) TokenChanged(c config.Consul) error {
+	n.p.Consul = c
+	if n.source == nil {
+		return nil // not started: Start uses c
+	}
+	cl, err := register.NewClient(c)
+	if err != nil {
+		return err
+	}
+	n.source.SetClient(cl)
+	return nil
+}
+
 // Reload opens and closes upstream listeners in place: the others, and
 // every open connection, carry on.
 func (n *nativeProxy) Reload(pl *plan.Plan) error {
@@ -106,7 +123,8 @@ func (n *nativeProxy) options(ctx context.Context) (dataplane.Options, error) {
 	if err != nil {
 		return dataplane.Options{}, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	o := dataplane.Options{Source: dataplane.NewAgentSource(cl), Service: pl.Name,
+	n.source = dataplane.NewAgentSource(cl)
+	o := dataplane.Options{Source: n.source, Service: pl.Name,
 		Public: net.JoinHostPort("", strconv.Itoa(port)), App: appAddress(pl),
 		Upstreams: planUpstreams(pl), Logger: n.p.Logger.With("component", "dataplane")}
 	if n.p.Metrics != nil {

@@ -100,7 +100,7 @@ func (d *daemon) rotateToken(ctx context.Context) error {
 	}
 	d.agent = ag
 	d.reg.Agent = ag
-	d.log.Info("ACL token file changed: using the new token; registering again and restarting the proxy with it")
+	d.log.Info("ACL token file changed: using the new token; registering again and giving the proxy the token")
 	if err := d.reg.Register(ctx, d.pl, d.health()); err != nil {
 		d.m.AgentError("register")
 		d.log.Error("register with the new token", "err", err)
@@ -109,6 +109,13 @@ func (d *daemon) rotateToken(ctx context.Context) error {
 	}
 	if d.proxy == nil {
 		return nil
+	}
+	if tf, ok := d.proxy.(TokenFollower); ok {
+		err := tf.TokenChanged(d.o.Global.Consul)
+		if err == nil {
+			return nil
+		}
+		d.log.Error("the data plane could not take the new token in place; restarting it", "err", err)
 	}
 	return d.restartProxy(ctx)
 }

@@ -308,9 +308,11 @@ func TestRunReregistersWhenTheAgentLostIt(t *testing.T) {
 	}
 }
 
-func TestRunRotatesToken(t *testing.T) {
-	pl := lifecyclePlan()
-	h := newHarness(t, pl)
+// useTokenFile gives h a token file holding "old", and an agent whose calls
+// carry the token the file holds when meshx-proxy connects; it returns the
+// file.
+func useTokenFile(t *testing.T, h *harness) string {
+	t.Helper()
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte("old\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -320,6 +322,13 @@ func TestRunRotatesToken(t *testing.T) {
 		b, err := os.ReadFile(c.TokenFile)
 		return h.ag.Client(strings.TrimSpace(string(b))), err
 	}
+	return tokenFile
+}
+
+func TestRunRotatesToken(t *testing.T) {
+	pl := lifecyclePlan()
+	h := newHarness(t, pl)
+	tokenFile := useTokenFile(t, h)
 	h.start()
 	h.waitReady()
 	from := len(h.ag.Calls())
@@ -600,15 +609,7 @@ func (p tokenFollowingProxy) TokenChanged(c config.Consul) error {
 // gets the new token and is not restarted.
 func TestRunTokenInPlace(t *testing.T) {
 	h := newHarness(t, lifecyclePlan())
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte("old\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h.o.Global.Consul.TokenFile = tokenFile
-	h.o.Connect = func(c config.Consul) (register.Agent, error) {
-		b, err := os.ReadFile(c.TokenFile)
-		return h.ag.Client(strings.TrimSpace(string(b))), err
-	}
+	tokenFile := useTokenFile(t, h)
 	h.o.NewProxy = func(p ProxyParams) (Proxy, error) {
 		fp, err := h.newProxy(p)
 		return tokenFollowingProxy{fp.(*fakeProxy)}, err

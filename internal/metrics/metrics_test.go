@@ -39,6 +39,23 @@ func value(t *testing.T, mfs testutil.Metrics, name string, want map[string]stri
 	return v
 }
 
+// series is one expected value: a family, labels its series includes, the value.
+type series struct {
+	name   string
+	labels map[string]string
+	want   float64
+}
+
+// expect checks each expected series' value in a scrape.
+func expect(t *testing.T, mfs testutil.Metrics, want []series) {
+	t.Helper()
+	for _, c := range want {
+		if got := value(t, mfs, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
 func TestFamiliesExistAtZero(t *testing.T) {
 	mfs := scrape(t, New().Handler(HandlerOptions{}))
 	for _, name := range []string{
@@ -73,11 +90,7 @@ func TestValuesMove(t *testing.T) {
 	m.Login(errors.New("denied"))
 	m.Ready(1500 * time.Millisecond)
 	mfs := scrape(t, m.Handler(HandlerOptions{}))
-	for _, c := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	expect(t, mfs, []series{
 		{"meshx_proxy_state", map[string]string{"state": "running"}, 1},
 		{"meshx_proxy_state", map[string]string{"state": "backoff"}, 0},
 		{"meshx_proxy_restarts_total", map[string]string{"reason": RestartExited}, 2},
@@ -92,11 +105,7 @@ func TestValuesMove(t *testing.T) {
 		{"meshx_acl_logins_total", map[string]string{"result": "error"}, 1},
 		{"meshx_ready", nil, 1},
 		{"meshx_time_to_ready_seconds", nil, 1.5},
-	} {
-		if got := value(t, mfs, c.name, c.labels); got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 }
 
 func TestNilMetricsRecordNothing(t *testing.T) {
@@ -138,11 +147,7 @@ func TestDataPlane(t *testing.T) {
 	mfs := scrape(t, m.Handler(HandlerOptions{}))
 	inL := map[string]string{"direction": Inbound, "upstream": ""}
 	dbL := map[string]string{"direction": Outbound, "upstream": "db"}
-	for _, c := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	expect(t, mfs, []series{
 		{"meshx_dataplane_connections_open", inL, 1},
 		{"meshx_dataplane_connections_total", inL, 2},
 		{"meshx_dataplane_connections_refused_total", inL, 1},
@@ -155,11 +160,7 @@ func TestDataPlane(t *testing.T) {
 		{"meshx_dataplane_bytes_total", map[string]string{"upstream": "db", "flow": "in"}, 7},
 		{"meshx_dataplane_bytes_total", map[string]string{"upstream": "db", "flow": "out"}, 0},
 		{"meshx_dataplane_leaf_cert_expiry_timestamp_seconds", nil, float64(exp.Unix())},
-	} {
-		if got := value(t, mfs, c.name, c.labels); got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 	m.DataPlane.Forget(Outbound, "db")
 	mfs = scrape(t, m.Handler(HandlerOptions{}))
 	for _, mt := range mfs["meshx_dataplane_connections_total"].GetMetric() {
@@ -248,11 +249,7 @@ func TestObserver(t *testing.T) {
 	mfs := scrape(t, m.Handler(HandlerOptions{}))
 	inL := map[string]string{"direction": Inbound, "upstream": ""}
 	dbL := map[string]string{"direction": Outbound, "upstream": "db"}
-	for _, c := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	expect(t, mfs, []series{
 		{"meshx_dataplane_connections_total", inL, 1},
 		{"meshx_dataplane_connections_open", inL, 0},
 		{"meshx_dataplane_connections_refused_total", inL, 1},
@@ -263,9 +260,5 @@ func TestObserver(t *testing.T) {
 		{"meshx_dataplane_dial_failures_total", dbL, 1},
 		{"meshx_dataplane_dial_retries_total", dbL, 1},
 		{"meshx_dataplane_connections_refused_total", map[string]string{"upstream": "passthrough"}, 1},
-	} {
-		if got := value(t, mfs, c.name, c.labels); got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 }

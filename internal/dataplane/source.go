@@ -2,12 +2,13 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshx/meshx/internal/register"
 )
 
 // Source is where the data plane learns its identity, its peers and its
@@ -138,8 +139,7 @@ func (a *AgentSource) Query(ctx context.Context, name, dc string) ([]*api.Servic
 
 func (a *AgentSource) MeshDestinationsOnly(ctx context.Context, index uint64) (bool, uint64, error) {
 	e, meta, err := a.client.Load().ConfigEntries().Get(api.MeshConfig, api.MeshConfigMesh, a.q(ctx, index))
-	var se api.StatusError
-	if errors.As(err, &se) && se.Code == 404 {
+	if register.IsNotFound(err) {
 		return false, max(index, 1), nil
 	}
 	if err != nil {
@@ -166,8 +166,7 @@ func (a *AgentSource) Services(ctx context.Context) ([]string, error) {
 
 func (a *AgentSource) DialedDirectly(ctx context.Context, service string) (bool, error) {
 	e, _, err := a.client.Load().ConfigEntries().Get(api.ServiceDefaults, service, (&api.QueryOptions{}).WithContext(ctx))
-	var se api.StatusError
-	if errors.As(err, &se) && se.Code == 404 {
+	if register.IsNotFound(err) {
 		return false, nil
 	}
 	if err != nil {

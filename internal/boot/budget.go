@@ -24,7 +24,7 @@ const (
 // native plane share it only when the agent is not on loopback IPv4 (there
 // each service connects from a loopback address of its own).
 func sharedConns(plans []*plan.Plan, agentAddress string) int {
-	own := register.SourceAddress(agentAddress, "x").IsValid()
+	own := register.LoopbackAgent(agentAddress)
 	n := 0
 	for _, pl := range plans {
 		if pl.Proxy.Mode == config.ModeConnect {

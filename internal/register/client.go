@@ -82,6 +82,24 @@ func NewClient(c config.Consul) (*api.Client, error) {
 	return cl, nil
 }
 
+// LoopbackAgent reports whether an agent address is on loopback IPv4
+// (127.0.0.0/8 or localhost, over http or https), where each service
+// connects from an address of its own (SourceAddress).
+func LoopbackAgent(address string) bool {
+	if scheme, rest, ok := strings.Cut(address, "://"); ok {
+		if scheme == "unix" {
+			return false
+		}
+		address = rest
+	}
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		host = address
+	}
+	ip, err := netip.ParseAddr(host)
+	return host == "localhost" || err == nil && ip.Is4() && ip.IsLoopback()
+}
+
 // SourceAddress is the loopback address a service's connections to an
 // agent at address come from: 127.a.b.c from a hash of id, never in
 // 127.0.0.0/24; invalid (the system picks) when the agent is not on
@@ -91,18 +109,7 @@ func NewClient(c config.Consul) (*api.Client, error) {
 // alone, as it would for services on hosts of their own, instead of one
 // budget for the whole host.
 func SourceAddress(address, id string) netip.Addr {
-	if _, rest, ok := strings.Cut(address, "://"); ok {
-		if strings.HasPrefix(address, "unix://") {
-			return netip.Addr{}
-		}
-		address = rest
-	}
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		host = address
-	}
-	ip, err := netip.ParseAddr(host)
-	if host != "localhost" && (err != nil || !ip.Is4() || !ip.IsLoopback()) {
+	if !LoopbackAgent(address) {
 		return netip.Addr{}
 	}
 	h := fnv.New32a()

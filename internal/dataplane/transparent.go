@@ -27,9 +27,7 @@ type transparent struct {
 
 	mu       sync.Mutex
 	implicit map[string]*upstream // by service name, started on first use
-	vips     map[netip.Addr]string
-	addrs    map[netip.AddrPort]string // dialed_directly instances only
-	direct   map[string]bool           // services whose instances are dialed directly
+	known    meshMap
 	scanned  time.Time
 
 	scanMu sync.Mutex // one scan at a time; others wait for its result
@@ -38,6 +36,28 @@ type transparent struct {
 // meshPoll is how often a missing mesh config entry is looked for again.
 var meshPoll = 10 * time.Second
 
+// meshMap maps destinations to the services they reach.
+type meshMap struct {
+	vips   map[netip.Addr]string
+	addrs  map[netip.AddrPort]string // dialed_directly instances only
+	direct map[string]bool           // services whose instances are dialed directly
+}
+
+func newMeshMap() meshMap {
+	return meshMap{vips: map[netip.Addr]string{}, addrs: map[netip.AddrPort]string{}, direct: map[string]bool{}}
+}
+
+// remember records a target of svc: its virtual IP, and its own address if
+// svc is dialed directly.
+func (m meshMap) remember(svc string, tg target) {
+	if tg.vip.IsValid() {
+		m.vips[tg.vip] = svc
+	}
+	if tg.appPort != 0 && m.direct[svc] {
+		m.addrs[netip.AddrPortFrom(tg.ip, uint16(tg.appPort))] = svc
+	}
+}
+
 // scanEvery limits how often a miss triggers a scan of the catalog.
 var scanEvery = 2 * time.Second
 
@@ -45,8 +65,7 @@ var scanEvery = 2 * time.Second
 var vipRange = netip.MustParsePrefix("240.0.0.0/4")
 
 func newTransparent(p *Plane) *transparent {
-	return &transparent{p: p, meshKnown: make(chan struct{}), implicit: map[string]*upstream{},
-		vips: map[netip.Addr]string{}, addrs: map[netip.AddrPort]string{}, direct: map[string]bool{}}
+	return &transparent{p: p, meshKnown: make(chan struct{}), implicit: map[string]*upstream{}, known: newMeshMap()}
 }
 
 // vipProbe is an address in Consul's virtual IP range (240.0.0.0/4).
@@ -163,10 +182,10 @@ func (t *transparent) passthrough(c net.Conn, dst netip.AddrPort) {
 func (t *transparent) lookup(dst netip.AddrPort) (svc string, direct bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s, ok := t.vips[dst.Addr()]; ok {
+	if s, ok := t.known.vips[dst.Addr()]; ok {
 		return s, false
 	}
-	if s, ok := t.addrs[dst]; ok {
+	if s, ok := t.known.addrs[dst]; ok {
 		return s, true
 	}
 	return "", false
@@ -199,16 +218,7 @@ func (t *transparent) learn(u *upstream) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, tg := range *p {
-		t.remember(u.cfg.Name, tg)
-	}
-}
-
-func (t *transparent) remember(svc string, tg target) {
-	if tg.vip.IsValid() {
-		t.vips[tg.vip] = svc
-	}
-	if tg.appPort != 0 && t.direct[svc] {
-		t.addrs[netip.AddrPortFrom(tg.ip, uint16(tg.appPort))] = svc
+		t.known.remember(u.cfg.Name, tg)
 	}
 }
 
@@ -232,29 +242,22 @@ func (t *transparent) scan() {
 		t.p.log.Warn("scan of the catalog for the mesh's addresses failed", "err", err)
 		return
 	}
-	vips, addrs, direct := map[netip.Addr]string{}, map[netip.AddrPort]string{}, map[string]bool{}
+	m := newMeshMap()
 	probe := t.p.newUpstream(Upstream{})
 	for _, name := range names {
 		es, _, err := t.p.o.Source.Instances(ctx, name, "", 0)
 		if err != nil || len(es) == 0 {
 			continue
 		}
-		direct[name], _ = t.p.o.Source.DialedDirectly(ctx, name)
+		m.direct[name], _ = t.p.o.Source.DialedDirectly(ctx, name)
 		for _, e := range es {
-			tg, ok := probe.target(e)
-			if !ok {
-				continue
-			}
-			if tg.vip.IsValid() {
-				vips[tg.vip] = tg.want.Service
-			}
-			if tg.appPort != 0 && direct[name] {
-				addrs[netip.AddrPortFrom(tg.ip, uint16(tg.appPort))] = tg.want.Service
+			if tg, ok := probe.target(e); ok {
+				m.remember(name, tg)
 			}
 		}
 	}
 	t.mu.Lock()
-	t.vips, t.addrs, t.direct, t.scanned = vips, addrs, direct, time.Now()
+	t.known, t.scanned = m, time.Now()
 	ups := make([]*upstream, 0, len(t.implicit))
 	for _, u := range t.implicit {
 		ups = append(ups, u)
